@@ -1,0 +1,1 @@
+"""Neural network modules: the CLIP backbone wrapper, the Mask-Adapter head, pooling and text classification."""

@@ -1,0 +1,173 @@
+"""Frozen open_clip ConvNeXt CLIP: multi-scale and dense features, projections, text encoding.
+
+The wrapped open_clip model is the attribute ``clip_model``, so a parent module that names this wrapper
+``backbone`` loads the official ``backbone.clip_model.*`` keys strictly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ClipConfig
+
+__all__ = ["ClipBackbone", "PIXEL_MEAN", "PIXEL_STD", "DenseProjection"]
+
+# CLIP's RGB normalisation on the 0-255 scale (spec §2.1).
+PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
+PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
+
+DenseProjection = Literal["standard", "maft_legacy"]
+FEATURE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32, "clip_vis_dense": 32}
+
+
+class ClipBackbone(nn.Module):
+    """Frozen open_clip ConvNeXt CLIP (visual trunk + head, text tower), always in eval mode."""
+
+    def __init__(self, config: ClipConfig) -> None:
+        super().__init__()
+        config.validate()
+        import open_clip
+        from open_clip.tokenizer import SimpleTokenizer
+
+        cfg = dict(config.model_cfg)
+        # Never fetch trunk weights from a hub: weights come from a state dict.
+        cfg["vision_cfg"] = {**cfg["vision_cfg"], "timm_model_pretrained": False}
+        self.config = config
+        self.clip_model = open_clip.CLIP(**cfg)
+        self._tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
+        for p in self.clip_model.parameters():
+            p.requires_grad_(False)
+        trunk = self.clip_model.visual.trunk
+        self.out_channels = {f"res{i + 2}": int(info["num_chs"])
+                             for i, info in enumerate(trunk.feature_info)}
+        self.out_channels["clip_vis_dense"] = self.out_channels["res5"]
+        self.clip_model.eval()
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def embed_dim(self) -> int:
+        """D, the joint embedding width (768 for ConvNeXt-L, 640 for ConvNeXt-B)."""
+        return self.config.embed_dim
+
+    @property
+    def dense_dim(self) -> int:
+        """Cv, the trunk width at stride 32 (1536 for ConvNeXt-L, 1024 for ConvNeXt-B)."""
+        return self.out_channels["res5"]
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's logit scale as stored (log space, a 0-d tensor)."""
+        return self.clip_model.logit_scale
+
+    def train(self, mode: bool = True) -> "ClipBackbone":
+        """CLIP stays in eval mode whatever ``mode`` is (no drop path on frozen weights)."""
+        super().train(mode)
+        self.clip_model.eval()
+        return self
+
+    # ------------------------------------------------------------------ images
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise RGB ``images`` [B, 3, H, W] on the 0-255 scale with CLIP's mean and std."""
+        mean = images.new_tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+        std = images.new_tensor(PIXEL_STD).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of normalised ``images`` [B, 3, H, W] (H, W multiples of 32): res2..res5 and the raw
+        stride-32 map ``clip_vis_dense`` [B, Cv, H/32, W/32]."""
+        _check_images(images)
+        trunk = self.clip_model.visual.trunk
+        x = trunk.stem(images)
+        out: dict[str, torch.Tensor] = {}
+        for i, stage in enumerate(trunk.stages):
+            x = stage(x)
+            out[f"res{i + 2}"] = x.contiguous()
+        out["clip_vis_dense"] = trunk.norm_pre(x).contiguous()
+        return out
+
+    def project_dense(self, raw: torch.Tensor, mode: DenseProjection = "standard") -> torch.Tensor:
+        """Per-pixel CLIP projection of the raw map ``raw`` [B, Cv, h, w] -> [B, D, h, w].
+
+        ``mode="standard"`` applies the trunk head norm and the visual head to every pixel vector (the
+        FC-CLIP path). ``mode="maft_legacy"`` reproduces MAFT+'s reshape *without* a permute (spec §2.2):
+        each "pixel vector" is Cv consecutive memory elements of the NCHW map, mixing channels and
+        pixels. It is wrong as geometry, but the released MAFT+ adapters and CDT were trained on it.
+        """
+        _check_dense(raw, self.dense_dim, "raw")
+        B, Cv, h, w = raw.shape
+        head = self.clip_model.visual.trunk.head
+        if mode == "standard":
+            x = head.drop(head.norm(raw).permute(0, 2, 3, 1))
+            return self.clip_model.visual.head(x).permute(0, 3, 1, 2)
+        if mode == "maft_legacy":
+            x = self.project_pooled(raw.contiguous().view(1, B * h * w, Cv))
+            return x.view(B, h, w, -1).permute(0, 3, 1, 2)
+        raise ValueError(f"mode must be 'standard' or 'maft_legacy', got {mode!r}")
+
+    def project_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Project pooled trunk vectors ``pooled`` [B, M, Cv] into the joint space -> [B, M, D]."""
+        if pooled.dim() != 3 or pooled.shape[-1] != self.dense_dim:
+            raise ValueError(f"pooled must have shape [B, M, {self.dense_dim}], got {list(pooled.shape)}")
+        B, M, Cv = pooled.shape
+        head = self.clip_model.visual.trunk.head
+        # The trunk head's LayerNorm2d normalises over channels of a [*, Cv, 1, 1] map, which is a
+        # plain layer norm over the last axis of the flat vectors.
+        x = F.layer_norm(pooled, (Cv,), head.norm.weight, head.norm.bias, head.norm.eps)
+        x = self.clip_model.visual.head(head.drop(x))
+        return x
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP image embedding (global average pool) of normalised ``images`` [B, 3, H, W] -> [B, D]."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
+        return self.clip_model.encode_image(images)
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [T, context_length] of ``texts`` with CLIP's BPE tokenizer (lower-cased, truncated)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not a single string")
+        return self._tokenizer(list(texts))
+
+    @torch.no_grad()
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text embeddings [T, D] of ``tokens`` [T, L] (EOT token after ln_final, projected)."""
+        return self.clip_model.encode_text(tokens.to(self.logit_scale.device), normalize=False)
+
+    def text_fingerprint(self) -> str:
+        """A short hash of the text tower's weights: identifies the model in text-embedding caches."""
+        m = self.clip_model
+        h = hashlib.sha256(self.config.name.encode())
+        for t in (m.text_projection, m.positional_embedding, m.ln_final.weight, m.ln_final.bias,
+                  m.token_embedding.weight[:64], m.transformer.resblocks[-1].mlp.c_proj.weight):
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
+    H, W = images.shape[-2:]
+    if H < 32 or W < 32 or H % 32 or W % 32:
+        raise ValueError(f"image height and width must be positive multiples of 32 (pad the input), "
+                         f"got {H}x{W}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or infinite values")
+
+
+def _check_dense(x: torch.Tensor, channels: int, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{name} must have shape [B, {channels}, h, w], got {list(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")

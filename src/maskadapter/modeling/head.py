@@ -1,0 +1,185 @@
+"""The Mask-Adapter head: binary masks + projected CLIP map -> K semantic activation maps per mask.
+
+Two computations of the same function live here:
+
+* ``path="reference"`` follows the official ``MASKAdapterHead.forward`` step by step (the CLIP map
+  repeated N times, ``fuse`` on the sum, NCHW blocks). It is kept for parity tests and benchmarks.
+* ``path="fast"`` (the default) is exact up to float rounding but never copies the CLIP map N times:
+  ``fuse`` is a 1x1 conv, hence linear, so ``fuse(clip + m) = fuse(clip) + W_fuse m``, and the mask
+  stem's last 1x1 conv folds into ``W_fuse`` (16 -> 768 instead of 16 -> D -> 768). Masks run in chunks
+  so peak memory is bounded, in NHWC layout so the blocks need no permute copies.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import HeadConfig
+from .layers import ConvNextBlock, LayerNorm2d
+
+__all__ = ["MaskAdapterHead"]
+
+HeadPath = Literal["fast", "reference"]
+
+# Pixel rows (masks x h x w) per chunk of the fast path; 8192 rows keep the 4x-wide MLP hidden
+# activation of a 768-wide head near 100 MB in fp32 while GEMMs stay large enough to run at full speed.
+_ROWS_PER_CHUNK = 8192
+_MLP_ROW_TILE = 2048
+
+
+class MaskAdapterHead(nn.Module):
+    """Mask-Adapter head with the official parameter names (``mask_downscaling``, ``fuse``, ``cnext1-3``, ``norm``, ``final``)."""
+
+    def __init__(
+        self,
+        clip_dim: int,
+        num_channels: int = 768,
+        mask_in_chans: int = 16,
+        num_output_maps: int = 16,
+        num_blocks: int = 3,
+    ) -> None:
+        super().__init__()
+        for name, value in (("clip_dim", clip_dim), ("num_channels", num_channels),
+                            ("num_output_maps", num_output_maps), ("num_blocks", num_blocks)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(mask_in_chans, int) or mask_in_chans < 4 or mask_in_chans % 4:
+            raise ValueError(f"mask_in_chans must be a positive multiple of 4, got {mask_in_chans!r}")
+        self.config = HeadConfig(clip_dim, num_channels, mask_in_chans, num_output_maps, num_blocks)
+        self.num_output_maps = num_output_maps
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, mask_in_chans // 4, kernel_size=3, stride=2, padding=1),
+            LayerNorm2d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=3, stride=2, padding=1),
+            LayerNorm2d(mask_in_chans),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans, clip_dim, kernel_size=1),
+        )
+        self.fuse = nn.Conv2d(clip_dim, num_channels, 1)
+        # Blocks are attributes cnext1..cnextN (not a ModuleList) so the official keys load strictly.
+        for i in range(1, num_blocks + 1):
+            setattr(self, f"cnext{i}", ConvNextBlock(num_channels))
+        self.norm = nn.LayerNorm(num_channels)  # eps 1e-5, unlike the 1e-6 of the blocks
+        self.final = nn.Conv2d(num_channels, num_output_maps, 1)
+
+    @classmethod
+    def from_config(cls, config: HeadConfig) -> "MaskAdapterHead":
+        """Build a head from a :class:`HeadConfig`."""
+        return cls(config.clip_dim, config.num_channels, config.mask_in_chans,
+                   config.num_output_maps, config.num_blocks)
+
+    @property
+    def blocks(self) -> list[ConvNextBlock]:
+        """The ConvNeXt blocks in order (``cnext1``, ``cnext2``, ...)."""
+        return [getattr(self, f"cnext{i}") for i in range(1, self.config.num_blocks + 1)]
+
+    # ------------------------------------------------------------------ public entry point
+    def forward(
+        self,
+        dense_proj: torch.Tensor,
+        masks: torch.Tensor,
+        path: HeadPath = "fast",
+        chunk_size: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Activation-map logits [B, N*K, h, w] (channel n*K+k) from ``dense_proj`` [B, D, h, w] and ``masks`` [B, N, Hm, Wm].
+
+        ``masks`` may be bool, integer 0/1 or float (soft masks are used as given); they are resized
+        bilinearly to 4h x 4w as in the official head. ``chunk_size`` (fast path only) is the number of
+        masks processed at once; by default it is chosen so a chunk holds about 8192 pixel rows.
+        """
+        self._check_inputs(dense_proj, masks)
+        B, N = masks.shape[:2]
+        h, w = dense_proj.shape[-2:]
+        if N == 0:
+            return dense_proj.new_zeros((B, 0, h, w))
+        if path == "reference":
+            return self._forward_reference(dense_proj, masks)
+        if path != "fast":
+            raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
+        if chunk_size is None:
+            chunk_size = max(1, _ROWS_PER_CHUNK // (h * w))
+        elif not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        return self._forward_fast(dense_proj, masks, chunk_size)
+
+    # ------------------------------------------------------------------ the two computations
+    def _forward_reference(self, dense_proj: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Official computation: repeat the CLIP map per mask, add the mask embedding, fuse, refine."""
+        B, N = masks.shape[:2]
+        h, w = dense_proj.shape[-2:]
+        m = masks.reshape(B * N, 1, *masks.shape[-2:]).float()
+        clip_rep = dense_proj.repeat_interleave(N, dim=0)
+        m = F.interpolate(m, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
+        x = self.fuse(clip_rep + self.mask_downscaling(m))
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2)
+        x = self.final(x.contiguous())
+        return x.reshape(B, N * self.num_output_maps, h, w)
+
+    def _forward_fast(self, dense_proj: torch.Tensor, masks: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """Exact rewrite: fuse the CLIP map once, add a folded 16->C mask embedding per chunk of masks."""
+        B, N = masks.shape[:2]
+        h, w = dense_proj.shape[-2:]
+        K = self.num_output_maps
+        clip_fused = self.fuse(dense_proj).permute(0, 2, 3, 1)  # [B, h, w, C], bias of fuse included
+        last = self.mask_downscaling[6]
+        fuse_w = self.fuse.weight.flatten(1)  # [C, D]
+        fold_w = fuse_w @ last.weight.flatten(1)  # [C, 16]
+        fold_b = fuse_w @ last.bias  # [C]
+        flat_masks = masks.reshape(B * N, 1, *masks.shape[-2:])
+        outputs = []
+        for start in range(0, B * N, chunk_size):
+            stop = min(start + chunk_size, B * N)
+            m = F.interpolate(flat_masks[start:stop].float(), size=(4 * h, 4 * w),
+                              mode="bilinear", align_corners=False)
+            m = self.mask_downscaling[:6](m).permute(0, 2, 3, 1)  # [n, h, w, 16]
+            image_idx = torch.arange(start, stop, device=masks.device) // N
+            base = clip_fused[image_idx] if B > 1 else clip_fused.expand(stop - start, -1, -1, -1)
+            x = torch.addmm(fold_b, m.reshape(-1, m.shape[-1]), fold_w.t()).view(*m.shape[:3], -1)
+            x = (x + base).contiguous()
+            for block in self.blocks:
+                x = block.forward_nhwc(x, _MLP_ROW_TILE)
+            x = F.linear(self.norm(x), self.final.weight.flatten(1), self.final.bias)  # [n, h, w, K]
+            outputs.append(x.permute(0, 3, 1, 2))
+        out = torch.cat(outputs, dim=0) if len(outputs) > 1 else outputs[0].contiguous()
+        return out.reshape(B, N * K, h, w)
+
+    # ------------------------------------------------------------------ validation
+    def _check_inputs(self, dense_proj: torch.Tensor, masks: torch.Tensor) -> None:
+        if not isinstance(dense_proj, torch.Tensor):
+            raise TypeError(f"dense_proj must be a torch.Tensor, got {type(dense_proj).__name__}")
+        if not isinstance(masks, torch.Tensor):
+            raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
+        if dense_proj.dim() != 4 or dense_proj.shape[1] != self.config.clip_dim:
+            raise ValueError(
+                f"dense_proj must have shape [B, {self.config.clip_dim}, h, w] (the projected CLIP map), "
+                f"got {list(dense_proj.shape)}")
+        if not dense_proj.is_floating_point():
+            raise TypeError(f"dense_proj must be a floating tensor, got {dense_proj.dtype}")
+        if dense_proj.shape[-1] == 0 or dense_proj.shape[-2] == 0:
+            raise ValueError(f"dense_proj has an empty spatial size {list(dense_proj.shape[-2:])}")
+        if masks.dim() != 4:
+            raise ValueError(f"masks must have rank 4 [B, N, H, W], got rank {masks.dim()} "
+                             f"with shape {list(masks.shape)}")
+        if masks.shape[0] != dense_proj.shape[0]:
+            raise ValueError(f"batch sizes differ: masks has {masks.shape[0]} images, "
+                             f"dense_proj has {dense_proj.shape[0]}")
+        if masks.dtype.is_complex:
+            raise TypeError(f"masks must be bool, integer or floating, got {masks.dtype}")
+        if masks.shape[1] > 0 and (masks.shape[-1] == 0 or masks.shape[-2] == 0):
+            raise ValueError(f"masks have an empty spatial size {list(masks.shape[-2:])}")
+        if not bool(torch.isfinite(dense_proj).all()):
+            raise ValueError("dense_proj contains NaN or infinite values")
+        if masks.is_floating_point() and masks.numel() and not bool(torch.isfinite(masks).all()):
+            raise ValueError("masks contain NaN or infinite values")
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"clip_dim={c.clip_dim}, num_channels={c.num_channels}, mask_in_chans={c.mask_in_chans}, "
+                f"num_output_maps={c.num_output_maps}, num_blocks={c.num_blocks}")

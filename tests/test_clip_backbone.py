@@ -1,0 +1,137 @@
+"""ClipBackbone over tiny open_clip ConvNeXt models: features, projections (standard and MAFT+ legacy),
+text encoding, frozen/eval behaviour, config errors."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maskadapter import ClipBackbone, ClipConfig
+
+from conftest import randomize_, tiny_clip_config
+
+
+@pytest.fixture(scope="module", params=["mlp", "linear"])
+def backbone(request) -> ClipBackbone:
+    torch.manual_seed(0)
+    bb = ClipBackbone(tiny_clip_config(request.param))
+    randomize_(bb.clip_model.visual.head, seed=3)
+    randomize_(bb.clip_model.visual.trunk.head, seed=4)
+    return bb
+
+
+def manual_projection(bb: ClipBackbone, vectors: torch.Tensor) -> torch.Tensor:
+    """Trunk head LN (eps 1e-6, biased variance) then the visual head, from raw weights: [M, Cv] -> [M, D]."""
+    norm = bb.clip_model.visual.trunk.head.norm
+    u = vectors.mean(-1, keepdim=True)
+    s = ((vectors - u) ** 2).mean(-1, keepdim=True)
+    x = (vectors - u) / torch.sqrt(s + 1e-6) * norm.weight + norm.bias
+    head = bb.clip_model.visual.head
+    if hasattr(head, "mlp"):  # ConvNeXt-L style: fc1 (bias) -> GELU -> fc2 (no bias)
+        x = F.gelu(x @ head.mlp.fc1.weight.T + head.mlp.fc1.bias)
+        assert head.mlp.fc2.bias is None
+        return x @ head.mlp.fc2.weight.T
+    assert head.proj.bias is None  # ConvNeXt-B style: a single linear without bias
+    return x @ head.proj.weight.T
+
+
+def test_features_shapes_and_strides(backbone):
+    images = torch.randn(2, 3, 64, 96)
+    feats = backbone(images)
+    assert [tuple(feats[f"res{i}"].shape) for i in (2, 3, 4, 5)] == [
+        (2, 40, 16, 24), (2, 80, 8, 12), (2, 160, 4, 6), (2, 320, 2, 3)]
+    assert backbone.dense_dim == 320 and backbone.embed_dim == 32
+    torch.testing.assert_close(feats["clip_vis_dense"], feats["res5"])  # norm_pre is the identity
+    assert all(f.is_contiguous() and not f.requires_grad for f in feats.values())
+
+
+def test_frozen_and_always_eval(backbone):
+    backbone.train()
+    assert backbone.training and not backbone.clip_model.training
+    assert not any(m.training for m in backbone.clip_model.modules())
+    assert not any(p.requires_grad for p in backbone.parameters())
+    images = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(backbone(images)["res5"], backbone(images)["res5"])  # no drop path
+
+
+def test_project_dense_standard_is_per_pixel_projection(backbone):
+    raw = torch.randn(2, 320, 3, 4)
+    out = backbone.project_dense(raw)
+    assert out.shape == (2, 32, 3, 4)
+    for b, i, j in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
+        torch.testing.assert_close(out[b, :, i, j], manual_projection(backbone, raw[b, :, i, j][None])[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_project_dense_maft_legacy_reproduces_the_scrambled_reshape(backbone):
+    raw = torch.randn(2, 320, 3, 4)
+    out = backbone.project_dense(raw, mode="maft_legacy")
+    flat = raw.flatten()  # NCHW memory order; "pixel" p takes elements p*Cv .. (p+1)*Cv
+    vectors = torch.stack([flat[p * 320:(p + 1) * 320] for p in range(2 * 3 * 4)])
+    expected = manual_projection(backbone, vectors).view(2, 3, 4, 32).permute(0, 3, 1, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, backbone.project_dense(raw), atol=1e-3)
+    with pytest.raises(ValueError, match="mode"):
+        backbone.project_dense(raw, mode="permuted")
+
+
+def test_project_pooled_matches_manual_and_keeps_gradients(backbone):
+    pooled = torch.randn(2, 5, 320, requires_grad=True)
+    out = backbone.project_pooled(pooled)
+    torch.testing.assert_close(out, manual_projection(backbone, pooled.detach().reshape(10, 320)).view(2, 5, 32),
+                               rtol=1e-5, atol=1e-5)
+    out.sum().backward()  # gradients reach the adapter through the frozen projection
+    assert pooled.grad is not None and pooled.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pooled must have shape"):
+        backbone.project_pooled(torch.randn(2, 5, 321))
+
+
+def test_text_encoding_and_tokenizer(backbone):
+    tokens = backbone.tokenize(["a photo of a cat.", "There is a sofa in the scene"])
+    assert tokens.shape == (2, 77) and tokens[0, 0] == 49406 and (tokens == 49407).sum() == 2
+    emb = backbone.encode_text(tokens)
+    assert emb.shape == (2, 32) and torch.isfinite(emb).all()
+    # The EOT position is what is projected: tokens after it (padding) do not matter.
+    eot = int(tokens[0].argmax())
+    changed = tokens.clone()
+    changed[0, eot + 1:] = 5
+    torch.testing.assert_close(backbone.encode_text(changed)[0], emb[0])
+    assert float(backbone.logit_scale) == pytest.approx(float(backbone.clip_model.logit_scale))
+    with pytest.raises(TypeError):
+        backbone.tokenize("a single string")
+
+
+def test_checkpoint_keys_equal_open_clip_layout():
+    cfg = tiny_clip_config()
+    reference = open_clip.CLIP(**cfg.model_cfg)
+    bb = ClipBackbone(cfg)
+    assert set(bb.clip_model.state_dict()) == set(reference.state_dict())
+    assert "attn_mask" not in bb.clip_model.state_dict()
+    bb.clip_model.load_state_dict(reference.state_dict(), strict=True)
+    images = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(bb.encode_image(images), reference.eval().encode_image(images))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown CLIP model name 'convnext_giant_999'.*convnext_large_d_320"):
+        ClipConfig.from_name("convnext_giant_999")
+    with pytest.raises(ValueError, match="unknown CLIP model name 'ViT-B-16'"):
+        ClipConfig.from_name("ViT-B-16")
+    cfg = ClipConfig.from_name("convnext_large_d_320", "laion2b_s29b_b131k_ft_soup")
+    assert cfg.embed_dim == 768 and cfg.model_cfg["vision_cfg"]["timm_proj"] == "mlp"
+    assert ClipConfig.from_name("convnext_base_w_320").embed_dim == 640
+    with pytest.raises(ValueError, match="not a timm ConvNeXt"):
+        ClipBackbone(ClipConfig("vit", {"embed_dim": 8, "vision_cfg": {"width": 8}, "text_cfg": {}}))
+
+
+def test_bad_images(backbone):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        backbone(torch.randn(1, 3, 64, 70))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        backbone(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match="NaN"):
+        backbone(torch.full((1, 3, 64, 64), float("nan")))
+    with pytest.raises(ValueError, match="raw contains NaN"):
+        backbone.project_dense(torch.full((1, 320, 2, 2), float("inf")))
