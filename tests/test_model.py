@@ -116,3 +116,11 @@ def test_head_config_must_match_clip():
 
     with pytest.raises(ValueError, match="clip_dim 64 differs"):
         MaskAdapterModel(tiny_clip_config(), HeadConfig(clip_dim=64))
+
+
+def test_zero_masks_flow_through_to_empty_logits(tiny_model):
+    feats = tiny_model.dense_features(torch.randn(1, 3, 64, 64))
+    emb = tiny_model.embed_masks(feats, torch.zeros(1, 0, 16, 16, dtype=torch.bool))
+    assert emb.shape == (1, 0, 32)
+    logits = tiny_model.classify(emb, F.normalize(torch.randn(3, 32), dim=-1), [1, 2])
+    assert logits.shape == (1, 0, 3)

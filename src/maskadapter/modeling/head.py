@@ -133,6 +133,7 @@ class MaskAdapterHead(nn.Module):
         fold_w = fuse_w @ last.weight.flatten(1)  # [C, 16]
         fold_b = fuse_w @ last.bias  # [C]
         flat_masks = masks.reshape(B * N, 1, *masks.shape[-2:])
+        blocks = [(block, block.folded_pwconv2()) for block in self.blocks]
         outputs = []
         for start in range(0, B * N, chunk_size):
             stop = min(start + chunk_size, B * N)
@@ -143,8 +144,8 @@ class MaskAdapterHead(nn.Module):
             base = clip_fused[image_idx] if B > 1 else clip_fused.expand(stop - start, -1, -1, -1)
             x = torch.addmm(fold_b, m.reshape(-1, m.shape[-1]), fold_w.t()).view(*m.shape[:3], -1)
             x = (x + base).contiguous()
-            for block in self.blocks:
-                x = block.forward_nhwc(x, _MLP_ROW_TILE)
+            for block, folded in blocks:
+                x = block.forward_nhwc(x, _MLP_ROW_TILE, folded)
             x = F.linear(self.norm(x), self.final.weight.flatten(1), self.final.bias)  # [n, h, w, K]
             outputs.append(x.permute(0, 3, 1, 2))
         out = torch.cat(outputs, dim=0) if len(outputs) > 1 else outputs[0].contiguous()

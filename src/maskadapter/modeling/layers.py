@@ -7,27 +7,13 @@ optimizer builder exempts only ``nn.LayerNorm`` instances from weight decay, so 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LayerNorm2d", "ChannelsLastLayerNorm", "ConvNextBlock"]
-
-
-class LayerNorm2d(nn.Module):
-    """Layer norm over the channel axis of an NCHW tensor (biased variance, ``eps`` inside the root)."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` [B, C, H, W] over C; returns [B, C, H, W]."""
-        # F.layer_norm on an NHWC view computes the same statistics in one fused kernel.
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
 
 
 class ChannelsLastLayerNorm(nn.Module):
@@ -42,6 +28,16 @@ class ChannelsLastLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` [..., C] over C; returns [..., C]."""
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+class LayerNorm2d(ChannelsLastLayerNorm):
+    """Layer norm over the channel axis of an NCHW tensor (biased variance, ``eps`` inside the root)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` [B, C, H, W] over C; returns [B, C, H, W]."""
+        # F.layer_norm on an NHWC view computes the same statistics in one fused kernel.
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
 
 
 class ConvNextBlock(nn.Module):
@@ -62,19 +58,23 @@ class ConvNextBlock(nn.Module):
         y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
         return x + (self.gamma * y).permute(0, 3, 1, 2)
 
-    def forward_nhwc(self, x: torch.Tensor, row_tile: int = 0) -> torch.Tensor:
+    def folded_pwconv2(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pwconv2`` with the layer scale folded in: gamma*(W y + b) == (gamma W) y + gamma b."""
+        return self.pwconv2.weight * self.gamma[:, None], self.pwconv2.bias * self.gamma
+
+    def forward_nhwc(self, x: torch.Tensor, row_tile: int = 0,
+                     folded: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """Same result for ``x`` [B, H, W, C] (contiguous NHWC), returned as [B, H, W, C].
 
         The depthwise conv runs on a channels_last view, so no layout copy is made; the per-pixel
         MLP optionally runs in tiles of ``row_tile`` pixels so its 4C-wide hidden activation stays
-        in cache (only without autograd, where the tiles can be written in place).
+        in cache (only without autograd, where the tiles can be written in place). ``folded`` is
+        :meth:`folded_pwconv2`, passed in when the caller runs many chunks.
         """
         y = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         if not y.is_contiguous():  # a backend that ignored channels_last
             y = y.contiguous()
-        # Layer scale folded into the second linear layer: gamma*(W y + b) == (gamma W) y + gamma b.
-        w2 = self.pwconv2.weight * self.gamma[:, None]
-        b2 = self.pwconv2.bias * self.gamma
+        w2, b2 = folded if folded is not None else self.folded_pwconv2()
         flat = y.view(-1, y.shape[-1])
         if row_tile <= 0 or torch.is_grad_enabled() or flat.shape[0] <= row_tile:
             z = F.linear(self.act(self.pwconv1(self.norm(flat))), w2, b2)
