@@ -42,3 +42,29 @@ def tiny_model() -> MaskAdapterModel:
     model = MaskAdapterModel(tiny_clip_config(), TINY_HEAD)
     randomize_(model.mask_adapter, seed=1)
     return model.eval()
+
+
+def tiny_architecture(embed_dim: int = 32, num_queries: int = 10):
+    """A whole model (CLIP, adapter, FC-CLIP-style generator) small enough for CPU tests."""
+    from maskadapter.modeling.build import ArchitectureConfig
+    from maskadapter.modeling.generators.fcclip import FCCLIPHeadConfig
+    from maskadapter.modeling.generators.pixel_decoder import PixelDecoderConfig
+    from maskadapter.modeling.generators.transformer_decoder import TransformerDecoderConfig
+
+    cfg = copy.deepcopy(TINY_MODEL_CFG)
+    cfg["embed_dim"] = embed_dim
+    generator = FCCLIPHeadConfig(
+        PixelDecoderConfig(in_channels={"res2": 40, "res3": 80, "res4": 160, "res5": 320}, conv_dim=32, mask_dim=32,
+                           num_encoder_layers=1, nheads=4, dim_feedforward=64, num_groups=8),
+        TransformerDecoderConfig(in_channels=32, hidden_dim=32, num_queries=num_queries, nheads=4,
+                                 dim_feedforward=64, dec_layers=3, mask_dim=32, clip_embedding_dim=embed_dim))
+    return ArchitectureConfig(ClipConfig(f"tiny-convnext-{embed_dim}", cfg), HeadConfig(embed_dim, 32), generator, 4)
+
+
+def tiny_preset(base: str = "fcclip-large", **changes):
+    """A released preset's constants on a 64-pixel test size (so the tiny model runs fast)."""
+    import dataclasses
+
+    from maskadapter.presets import get_preset
+
+    return dataclasses.replace(get_preset(base), name=f"tiny-{base}", test_size=64, **changes)

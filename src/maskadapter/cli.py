@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .checkpoint import CheckpointError, convert_checkpoint
+from .hub import WeightsUnavailableError
 
 __all__ = ["main"]
 
@@ -30,6 +31,34 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _expand_images(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"folder {path} has no images ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {path}")
+    return files
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .cli_segment import run_segment
+
+    if (args.vocab is None) == (args.vocab_file is None):
+        print("error: give exactly one of --vocab or --vocab-file", file=sys.stderr)
+        return 2
+    return run_segment(args, _expand_images(args.images))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``maskadapter`` command."""
     parser = argparse.ArgumentParser(
@@ -44,7 +73,37 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("dst", help="output .safetensors file")
     conv.add_argument("--force", action="store_true", help="overwrite an existing output file")
     conv.set_defaults(func=_cmd_convert)
+
+    seg = sub.add_parser("segment", help="segment images with any vocabulary",
+                         description="Segment images (files or folders) into the classes of a vocabulary and write, "
+                                     "per image, an overlay PNG, a label-map PNG and a JSON of segments.")
+    seg.add_argument("images", nargs="+", help="image files or folders of images")
+    seg.add_argument("--vocab", help='classes separated by "," ";" or new lines; synonyms joined by "|", '
+                                     'e.g. "cat, sofa|couch, window"')
+    seg.add_argument("--vocab-file", help="class file: one class per line, 'id:name,synonym,...' or plain names")
+    seg.add_argument("--preset", default="fcclip-large",
+                     help="fcclip-large | maftp-base | maftp-large, or a preset JSON file (default fcclip-large)")
+    seg.add_argument("--weights", help="checkpoint file (default: download the preset's weights once)")
+    seg.add_argument("--generator", choices=["preset", "sam"], default="preset",
+                     help="mask generator: the preset's decoder, or SAM automatic masks (needs --sam-checkpoint)")
+    seg.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint for --generator sam")
+    seg.add_argument("--sam-model", default="vit_h", help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config")
+    seg.add_argument("--sam-backend", choices=["sam", "sam2"], default="sam")
+    seg.add_argument("--task", choices=["semantic", "panoptic", "instance"], default="semantic")
+    seg.add_argument("--things", help="classes that are countable objects (panoptic/instance), comma separated; "
+                                      "default: classes matching a COCO thing class")
+    seg.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    seg.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    seg.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    seg.add_argument("--text-cache-dir", help="folder to cache text embeddings across runs (default: none)")
+    seg.set_defaults(func=_cmd_segment)
     return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -54,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, ValueError, TypeError) as exc:
+    except (CheckpointError, FileNotFoundError, ValueError, TypeError, ImportError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -17,6 +17,8 @@ from torch import nn
 from ..checkpoint import CheckpointError, load_part, read_state_dict, split_checkpoint
 from ..config import ClipConfig, HeadConfig
 from .clip_backbone import ClipBackbone, DenseProjection
+from .generators.cdt import CDTMode, ContentDependentTransfer
+from .generators.fcclip import FCCLIPHead, FCCLIPHeadConfig
 from .head import HeadPath, MaskAdapterHead
 from .pooling import activation_pool, mask_embeddings
 from .text import append_void, classification_logits
@@ -34,6 +36,9 @@ class MaskAdapterModel(nn.Module):
         clip: ClipConfig,
         head: Optional[HeadConfig] = None,
         dense_projection: DenseProjection = "standard",
+        generator: Optional[FCCLIPHeadConfig] = None,
+        cdt_mode: Optional[CDTMode] = None,
+        cdt_heads: int = 8,
     ) -> None:
         super().__init__()
         self.backbone = ClipBackbone(clip)
@@ -44,14 +49,21 @@ class MaskAdapterModel(nn.Module):
         self.mask_adapter = MaskAdapterHead.from_config(head)
         self.void_embedding = nn.Embedding(1, D)
         self.dense_projection = dense_projection
+        # Optional parts, named like the official meta-architectures' attributes.
+        self.sem_seg_head = FCCLIPHead(generator) if generator is not None else None
+        self.cdt = ContentDependentTransfer(D, cdt_heads, cdt_mode) if cdt_mode is not None else None
 
     def load_official(self, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> list[str]:
-        """Load ``backbone.clip_model.*``, ``mask_adapter.*`` and ``void_embedding.*`` strictly from an official
-        checkpoint (path or state dict); returns the checkpoint parts this model does not use."""
+        """Load every part this model has (``backbone.clip_model``, ``mask_adapter``, ``void_embedding``, and
+        ``sem_seg_head`` / ``cdt`` when present) strictly from an official checkpoint (path or state dict);
+        returns the checkpoint parts this model does not use."""
         state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
         split = split_checkpoint(state)
         targets = {"backbone.clip_model": self.backbone.clip_model, "mask_adapter": self.mask_adapter,
                    "void_embedding": self.void_embedding}
+        for part in ("sem_seg_head", "cdt"):
+            if getattr(self, part) is not None:
+                targets[part] = getattr(self, part)
         absent = [p for p in targets if p not in split.parts]
         if absent:
             raise CheckpointError(f"checkpoint has no keys for {', '.join(p + '.*' for p in absent)}; "
@@ -80,6 +92,13 @@ class MaskAdapterModel(nn.Module):
         maps = self.mask_adapter(features["clip_vis_dense_proj"], masks, path=path, chunk_size=chunk_size)
         pooled = activation_pool(maps, features["clip_vis_dense"])
         return mask_embeddings(pooled, self.backbone.project_pooled, self.mask_adapter.num_output_maps)
+
+    def adapter_text(self, features: Mapping[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """The text classifier the adapter branch compares with: ``text`` [S+1, D], or with a CDT the
+        per-image transfer [B, S+1, D] computed from the projected dense map."""
+        if self.cdt is None:
+            return text
+        return self.cdt(features["clip_vis_dense_proj"], text)
 
     def classify(self, embeddings: torch.Tensor, text: torch.Tensor, num_synonyms: Sequence[int],
                  with_void: bool = True) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Data: built-in benchmark vocabularies (package data), datasets and transforms."""

@@ -1,0 +1,1 @@
+"""Inference: pre/post-processing as pure functions, the Predictor."""

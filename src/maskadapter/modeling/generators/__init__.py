@@ -1,0 +1,1 @@
+"""Mask generators: FC-CLIP / MAFT+ decoders (pure PyTorch), SAM, ground truth, user masks."""
