@@ -135,3 +135,13 @@ def test_bad_images(backbone):
         backbone(torch.full((1, 3, 64, 64), float("nan")))
     with pytest.raises(ValueError, match="raw contains NaN"):
         backbone.project_dense(torch.full((1, 320, 2, 2), float("inf")))
+
+
+def test_encode_text_truncation_equals_open_clip_full_length(backbone):
+    prompts = ["a photo of a cat.", "There is a large traffic light in the scene.", "sofa"]
+    tokens = backbone.tokenize(prompts)
+    ours = backbone.encode_text(tokens)
+    with torch.no_grad():
+        full = backbone.clip_model.encode_text(tokens, normalize=False)  # all 77 positions
+    torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(backbone.encode_text(tokens[1:2]), full[1:2], rtol=1e-5, atol=1e-5)

@@ -458,3 +458,21 @@ def test_decoder_trains_from_scratch():
         optimizer.step()
         losses.append(loss.item())
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0] * 0.97, losses
+
+
+def test_auto_falls_back_when_the_sparse_product_misbehaves(monkeypatch):
+    import maskadapter.modeling.generators.deform_attn as da
+
+    assert da._sparse_path_agrees()  # this torch build sums repeated CSR columns
+    gen = torch.Generator().manual_seed(3)
+    value = torch.randn(1, 12, 2, 3, generator=gen)
+    loc = torch.rand(1, 4, 2, 1, 2, 2, generator=gen)
+    weights = torch.rand(1, 4, 2, 1, 2, generator=gen)
+    expected = da.ms_deform_attn(value, [(3, 4)], loc, weights, method="grid_sample")
+    broken = lambda *args: da._ms_deform_attn_grid_sample(*args) + 1.0  # noqa: E731
+    monkeypatch.setattr(da, "_ms_deform_attn_sparse", broken)
+    da._sparse_path_agrees.cache_clear()
+    try:
+        torch.testing.assert_close(da.ms_deform_attn(value, [(3, 4)], loc, weights), expected)
+    finally:
+        da._sparse_path_agrees.cache_clear()

@@ -327,3 +327,38 @@ def test_released_architectures_have_the_official_key_layout(name, D, Cv, Q):
         {"cdt"} if name.startswith("maftp") else set())
     assert not any("pe_layer" in k or "attn_mask" in k for k in sd)
     assert sum(v.numel() for k, v in sd.items() if k.startswith("mask_adapter.")) == (14_907_568 if D == 768 else 14_807_088)
+
+
+def test_sam_generator_missing_package_and_checkpoint(tmp_path):
+    import importlib.util
+
+    from maskadapter.modeling.generators.sam import SamMaskGenerator
+
+    with pytest.raises(FileNotFoundError, match="SAM checkpoint not found"):
+        SamMaskGenerator(tmp_path / "sam.pth")
+    ckpt = tmp_path / "sam.pth"
+    ckpt.write_bytes(b"x")
+    if importlib.util.find_spec("segment_anything") is None:
+        with pytest.raises(ImportError, match=r"pip install 'maskadapter\[sam\]'"):
+            SamMaskGenerator(ckpt, backend="sam")
+    with pytest.raises(ValueError, match="backend must be"):
+        SamMaskGenerator(ckpt, backend="sam3")
+
+    class FakeAMG:  # the automatic mask generator's output format: dicts with segmentation, area, predicted_iou
+        def __init__(self, checkpoint, **kwargs):
+            self.kwargs = kwargs
+
+        def generate(self, image):
+            H, W = image.shape[:2]
+            small = np.zeros((H, W), bool)
+            small[:2, :2] = True
+            return [{"segmentation": small, "area": 4, "predicted_iou": 0.5},
+                    {"segmentation": np.ones((H, W), bool), "area": H * W, "predicted_iou": 0.9},
+                    {"segmentation": np.zeros((H, W), bool), "area": 0, "predicted_iou": 0.1}]
+
+    gen = SamMaskGenerator(ckpt, builder=FakeAMG, points_per_side=8)
+    masks, scores = gen(np.zeros((6, 7, 3), np.uint8))
+    assert gen._generator.kwargs == {"points_per_side": 8}
+    assert masks.shape == (2, 6, 7) and masks[0].all() and scores.tolist() == pytest.approx([0.9, 0.5])  # largest first
+    with pytest.raises(ValueError, match="RGB uint8"):
+        gen(np.zeros((6, 7), np.uint8))

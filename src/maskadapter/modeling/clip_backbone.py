@@ -138,8 +138,22 @@ class ClipBackbone(nn.Module):
 
     @torch.no_grad()
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Unnormalised text embeddings [T, D] of ``tokens`` [T, L] (EOT token after ln_final, projected)."""
-        return self.clip_model.encode_text(tokens.to(self.logit_scale.device), normalize=False)
+        """Unnormalised text embeddings [T, D] of ``tokens`` [T, L]: the EOT token (highest id) after
+        ``ln_final``, projected, as CLIP's ``encode_text``.
+
+        The causal mask means the EOT output never sees later (padding) positions, so the sequence is cut
+        after the last EOT of the batch: the same result, several times faster for short prompts.
+        """
+        m = self.clip_model
+        tokens = tokens.to(self.logit_scale.device)
+        eot = tokens.argmax(dim=-1)
+        length = int(eot.max()) + 1 if tokens.numel() else 1
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(tokens[:, :length]).to(cast) + m.positional_embedding[:length].to(cast)
+        mask = m.attn_mask[:length, :length] if m.attn_mask is not None else None
+        x = m.ln_final(m.transformer(x, attn_mask=mask))
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        return x @ m.text_projection if not isinstance(m.text_projection, nn.Linear) else m.text_projection(x)
 
     def text_fingerprint(self) -> str:
         """A short hash of the text tower's weights: identifies the model in text-embedding caches."""

@@ -18,6 +18,8 @@ Two computations of it live here:
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import warnings
 from typing import Literal, Optional, Sequence, Union
@@ -27,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ms_deform_attn", "MSDeformAttn"]
+
+logger = logging.getLogger(__name__)
 
 SpatialShapes = Union[torch.Tensor, Sequence[Sequence[int]]]
 Method = Literal["auto", "grid_sample", "sparse"]
@@ -58,12 +62,32 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: SpatialShapes, sampling_
         needs_grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (value, sampling_locations, attention_weights))
         fits = sum((h + 2) * (w + 2) for h, w in shapes) < 2 ** 24  # exact fp32 cell indices
-        method = "sparse" if value.device.type == "cpu" and not needs_grad and fits else "grid_sample"
+        use_sparse = value.device.type == "cpu" and not needs_grad and fits and _sparse_path_agrees()
+        method = "sparse" if use_sparse else "grid_sample"
     if method == "sparse":
         return _ms_deform_attn_sparse(value, shapes, sampling_locations, attention_weights)
     if method != "grid_sample":
         raise ValueError(f"unknown method {method!r}: expected 'auto', 'grid_sample' or 'sparse'")
     return _ms_deform_attn_grid_sample(value, shapes, sampling_locations, attention_weights)
+
+
+@functools.lru_cache(maxsize=1)
+def _sparse_path_agrees() -> bool:
+    """Once per process: does this torch build's CSR product sum repeated, unsorted columns as the sparse
+    path assumes? Checked on a small problem with points sharing cells; if not, "auto" uses grid_sample."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (2, 2)]
+    value = torch.randn(2, 16, 2, 3, generator=gen)
+    loc = torch.rand(2, 5, 2, 2, 3, 2, generator=gen) * 1.4 - 0.2
+    loc[..., 1, :] = loc[..., 0, :]  # two points on exactly the same location: repeated columns
+    weights = torch.rand(2, 5, 2, 2, 3, generator=gen)
+    sparse = _ms_deform_attn_sparse(value, shapes, loc, weights)
+    dense = _ms_deform_attn_grid_sample(value, shapes, loc, weights)
+    if torch.allclose(sparse, dense, rtol=1e-4, atol=1e-5):
+        return True
+    logger.warning("this torch build's sparse CSR product disagrees with grid_sample; deformable attention "
+                   "uses the slower grid_sample path")
+    return False
 
 
 def _ms_deform_attn_grid_sample(value: torch.Tensor, shapes: list[tuple[int, int]],
