@@ -248,3 +248,28 @@ def test_small_activations_expose_each_eps():
     with torch.no_grad():
         for path in ("reference", "fast"):
             assert rel_err(h(clip, masks, path=path), expected) < 1e-4, path
+
+
+def test_duplicate_and_empty_masks_are_computed_once(head, monkeypatch):
+    torch.manual_seed(10)
+    clip = torch.randn(2, D, 4, 4)
+    masks = torch.rand(2, 6, 16, 16) > 0.5
+    masks[0, 1] = masks[0, 4]  # a duplicate
+    masks[0, [2, 3]] = False  # two empty proposals
+    masks[1, 5] = masks[0, 0]  # same mask in another image: must NOT be shared across images
+    seen = []
+    original = MaskAdapterHead._forward_fast
+    monkeypatch.setattr(MaskAdapterHead, "_forward_fast",
+                        lambda self, d, m, c: seen.append(m.shape[1]) or original(self, d, m, c))
+    with torch.no_grad():
+        fast = head(clip, masks)
+        ref = head(clip, masks, path="reference")
+        plain = head(clip, masks, dedupe=False)
+    assert seen == [4, 6, 6]  # image 0: 6 masks, 4 distinct; image 1: all distinct; then dedupe off
+    assert rel_err(fast, ref) < 1e-5 and rel_err(plain, ref) < 1e-5
+    clip.requires_grad_(True)
+    (head(clip, masks) ** 2).sum().backward()
+    g_fast = clip.grad.clone()
+    clip.grad = None
+    (head(clip, masks, path="reference") ** 2).sum().backward()
+    assert rel_err(g_fast, clip.grad) < 1e-4

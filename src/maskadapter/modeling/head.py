@@ -85,12 +85,15 @@ class MaskAdapterHead(nn.Module):
         masks: torch.Tensor,
         path: HeadPath = "fast",
         chunk_size: Optional[int] = None,
+        dedupe: bool = True,
     ) -> torch.Tensor:
         """Activation-map logits [B, N*K, h, w] (channel n*K+k) from ``dense_proj`` [B, D, h, w] and ``masks`` [B, N, Hm, Wm].
 
         ``masks`` may be bool, integer 0/1 or float (soft masks are used as given); they are resized
         bilinearly to 4h x 4w as in the official head. ``chunk_size`` (fast path only) is the number of
-        masks processed at once; by default it is chosen so a chunk holds about 8192 pixel rows.
+        masks processed at once; by default it is chosen so a chunk holds about 8192 pixel rows. With
+        ``dedupe`` (fast path) identical masks of an image - typically the many empty proposals of a
+        mask generator - are computed once: their outputs are identical anyway.
         """
         self._check_inputs(dense_proj, masks)
         B, N = masks.shape[:2]
@@ -105,7 +108,24 @@ class MaskAdapterHead(nn.Module):
             chunk_size = max(1, _ROWS_PER_CHUNK // (h * w))
         elif not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if dedupe and N > 1:
+            return self._forward_unique(dense_proj, masks, chunk_size)
         return self._forward_fast(dense_proj, masks, chunk_size)
+
+    def _forward_unique(self, dense_proj: torch.Tensor, masks: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """Fast path on the distinct masks of each image only, outputs gathered back to every mask."""
+        B, N = masks.shape[:2]
+        h, w = dense_proj.shape[-2:]
+        K = self.num_output_maps
+        outputs = []
+        for b in range(B):
+            unique, inverse = torch.unique(masks[b].reshape(N, -1), dim=0, return_inverse=True)
+            if unique.shape[0] == N:
+                outputs.append(self._forward_fast(dense_proj[b:b + 1], masks[b:b + 1], chunk_size))
+                continue
+            maps = self._forward_fast(dense_proj[b:b + 1], unique.view(1, -1, *masks.shape[-2:]), chunk_size)
+            outputs.append(maps.view(-1, K, h, w)[inverse].view(1, N * K, h, w))
+        return torch.cat(outputs) if B > 1 else outputs[0]
 
     # ------------------------------------------------------------------ the two computations
     def _forward_reference(self, dense_proj: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
