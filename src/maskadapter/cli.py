@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -13,6 +14,10 @@ from .checkpoint import CheckpointError, convert_checkpoint
 from .hub import WeightsUnavailableError
 
 __all__ = ["main"]
+
+# Modules adding one sub-command each through ``register(subparsers)``; their heavy imports happen in the
+# command function, so ``maskadapter --help`` stays fast.
+_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -97,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     seg.add_argument("--text-cache-dir", help="folder to cache text embeddings across runs (default: none)")
     seg.set_defaults(func=_cmd_segment)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{module}").register(sub)
     return parser
 
 
