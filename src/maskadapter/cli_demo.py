@@ -1,0 +1,83 @@
+"""``maskadapter demo``: a local web page to segment images with any vocabulary (needs ``maskadapter[demo]``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["register", "run_demo"]
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``demo`` sub-command to the ``maskadapter`` parser."""
+    p = subparsers.add_parser(
+        "demo", help="a local web page to segment images with any vocabulary (pip install 'maskadapter[demo]')",
+        description="Load the model once and serve a page (gradio) where you upload or pick an image, type a "
+                    "vocabulary, choose semantic / panoptic / instance, and get the overlay, a table of segments, "
+                    "the label-map PNG and the segments JSON. Requests run one at a time.")
+    p.add_argument("--preset", default="fcclip-large",
+                   help="fcclip-large | maftp-base | maftp-large, or a preset JSON file (default fcclip-large)")
+    p.add_argument("--weights", help="checkpoint file (default: download the preset's weights once)")
+    p.add_argument("--generator", choices=["preset", "sam"], default="preset",
+                   help="mask generator: the preset's decoder, or SAM automatic masks (needs --sam-checkpoint)")
+    p.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint for --generator sam")
+    p.add_argument("--sam-model", default="vit_h", help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config")
+    p.add_argument("--sam-backend", choices=["sam", "sam2"], default="sam")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--examples", help="folder of example images to offer (default: a few generated drawings)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--text-cache-dir", help="folder to cache text embeddings across runs (default: memory only)")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Check gradio, load the model (errors such as missing weights end here, in the terminal), serve the page."""
+    from .cli import IMAGE_SUFFIXES
+    from .cli_segment import build_predictor
+    from .demo import require_gradio, build_demo
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry nor version check from gradio
+    require_gradio()  # before the model load: a missing extra is reported at once
+    examples, allowed = None, []
+    if args.examples:
+        folder = Path(args.examples)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--examples folder not found: {folder}")
+        examples = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not examples:
+            raise ValueError(f"--examples folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        allowed = [str(folder.resolve())]
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"loading model (preset {args.preset}, device {args.device}) ...", file=sys.stderr)
+    start = time.perf_counter()
+    predictor = build_predictor(args)
+    print(f"model loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if args.host not in _LOCAL_HOSTS:
+        print(f"warning: serving on {args.host}: other machines on the network can use this page",
+              file=sys.stderr)
+    demo = build_demo(predictor, examples=examples)
+    print(f"serving on http://{args.host}:{args.port} (Ctrl+C to stop)", file=sys.stderr)
+    # SIGTERM ends the command like Ctrl+C does, so the page's temporary files are removed at exit
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, allowed_paths=allowed, inbrowser=False,
+                    show_error=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
