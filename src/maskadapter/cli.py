@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 # Modules adding one sub-command each through ``register(subparsers)``; their heavy imports happen in the
 # command function, so ``maskadapter --help`` stays fast.
-_COMMAND_MODULES: tuple[str, ...] = ("cli_eval", "cli_prepare", "cli_demo")
+_COMMAND_MODULES: tuple[str, ...] = ("cli_eval", "cli_prepare", "cli_train", "cli_fuse", "cli_demo")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ Two computations of the same function live here:
 * ``path="fast"`` (the default) is exact up to float rounding but never copies the CLIP map N times:
   ``fuse`` is a 1x1 conv, hence linear, so ``fuse(clip + m) = fuse(clip) + W_fuse m``, and the mask
   stem's last 1x1 conv folds into ``W_fuse`` (16 -> 768 instead of 16 -> D -> 768). Masks run in chunks
-  so peak memory is bounded, in NHWC layout so the blocks need no permute copies.
+  so peak memory is bounded, in NHWC layout so the blocks need no permute copies. For training,
+  ``grad_checkpoint = True`` recomputes each chunk in the backward pass instead of storing its activations.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import HeadConfig
 from .layers import ConvNextBlock, LayerNorm2d
@@ -41,6 +43,7 @@ class MaskAdapterHead(nn.Module):
         mask_in_chans: int = 16,
         num_output_maps: int = 16,
         num_blocks: int = 3,
+        grad_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("clip_dim", clip_dim), ("num_channels", num_channels),
@@ -51,6 +54,9 @@ class MaskAdapterHead(nn.Module):
             raise ValueError(f"mask_in_chans must be a positive multiple of 4, got {mask_in_chans!r}")
         self.config = HeadConfig(clip_dim, num_channels, mask_in_chans, num_output_maps, num_blocks)
         self.num_output_maps = num_output_maps
+        #: Recompute each fast-path chunk in the backward pass instead of keeping its activations
+        #: (training memory; only acts while autograd records, and the result is unchanged).
+        self.grad_checkpoint = bool(grad_checkpoint)
         self.mask_downscaling = nn.Sequential(
             nn.Conv2d(1, mask_in_chans // 4, kernel_size=3, stride=2, padding=1),
             LayerNorm2d(mask_in_chans // 4),
@@ -154,22 +160,37 @@ class MaskAdapterHead(nn.Module):
         fold_b = fuse_w @ last.bias  # [C]
         flat_masks = masks.reshape(B * N, 1, *masks.shape[-2:])
         blocks = [(block, block.folded_pwconv2()) for block in self.blocks]
+        use_checkpoint = self.grad_checkpoint and torch.is_grad_enabled()
         outputs = []
         for start in range(0, B * N, chunk_size):
             stop = min(start + chunk_size, B * N)
-            m = F.interpolate(flat_masks[start:stop].float(), size=(4 * h, 4 * w),
-                              mode="bilinear", align_corners=False)
-            m = self.mask_downscaling[:6](m).permute(0, 2, 3, 1)  # [n, h, w, 16]
-            image_idx = torch.arange(start, stop, device=masks.device) // N
-            base = clip_fused[image_idx] if B > 1 else clip_fused.expand(stop - start, -1, -1, -1)
-            x = torch.addmm(fold_b, m.reshape(-1, m.shape[-1]), fold_w.t()).view(*m.shape[:3], -1)
-            x = (x + base).contiguous()
-            for block, folded in blocks:
-                x = block.forward_nhwc(x, _MLP_ROW_TILE, folded)
-            x = F.linear(self.norm(x), self.final.weight.flatten(1), self.final.bias)  # [n, h, w, K]
+            image_idx = torch.arange(start, stop, device=masks.device) // N if B > 1 else None
+            args = (flat_masks[start:stop], clip_fused, image_idx, fold_w, fold_b, blocks)
+            if use_checkpoint:
+                # Non-reentrant checkpointing keeps only the chunk's inputs (the per-mask copy of the CLIP map
+                # is made inside, so it is recomputed too); the shared folded weights stay in the graph once,
+                # so their gradients accumulate over chunks as usual.
+                x = checkpoint(self._chunk, *args, use_reentrant=False)
+            else:
+                x = self._chunk(*args)
             outputs.append(x.permute(0, 3, 1, 2))
         out = torch.cat(outputs, dim=0) if len(outputs) > 1 else outputs[0].contiguous()
         return out.reshape(B, N * K, h, w)
+
+    def _chunk(self, masks: torch.Tensor, clip_fused: torch.Tensor, image_idx: Optional[torch.Tensor],
+               fold_w: torch.Tensor, fold_b: torch.Tensor, blocks: list) -> torch.Tensor:
+        """One chunk of the fast path: ``masks`` [n, 1, Hm, Wm] of images ``image_idx`` [n] (None: the single
+        image) + fused CLIP maps ``clip_fused`` [B, h, w, C] -> [n, h, w, K]."""
+        n = masks.shape[0]
+        base = clip_fused[image_idx] if image_idx is not None else clip_fused.expand(n, -1, -1, -1)
+        h, w = base.shape[1:3]
+        m = F.interpolate(masks.float(), size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
+        m = self.mask_downscaling[:6](m).permute(0, 2, 3, 1)  # [n, h, w, 16]
+        x = torch.addmm(fold_b, m.reshape(-1, m.shape[-1]), fold_w.t()).view(*m.shape[:3], -1)
+        x = (x + base).contiguous()
+        for block, folded in blocks:
+            x = block.forward_nhwc(x, _MLP_ROW_TILE, folded)
+        return F.linear(self.norm(x), self.final.weight.flatten(1), self.final.bias)  # [n, h, w, K]
 
     # ------------------------------------------------------------------ validation
     def _check_inputs(self, dense_proj: torch.Tensor, masks: torch.Tensor) -> None:

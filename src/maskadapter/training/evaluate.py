@@ -1,0 +1,133 @@
+"""Periodic GT-mask evaluation during training: classify every ground-truth mask with the adapter.
+
+This is the official stage-1 evaluation (an "oracle": perfect masks, so it measures classification only):
+per image, every GT mask is classified; :class:`~maskadapter.evaluation.classification.MaskClassificationEvaluator`
+counts top-1 accuracy and :class:`~maskadapter.evaluation.semantic.SemSegEvaluator` the mIoU of the semantic map
+painted from the GT masks with their predicted classes. Images are split over processes and the evaluators'
+integer states are reduced exactly, so the metrics do not depend on the number of processes. Runs in fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..modeling.model import MaskAdapterModel
+from ..modeling.text import Vocabulary, append_void, classification_logits
+from ..preprocess import normalize_and_pad, resize_longest_side
+
+__all__ = ["EvalSet", "build_eval_set", "evaluate_gt_masks"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSet:
+    """An evaluation set: ``load(i)`` -> (image uint8 [3, H, W], masks bool [N, H, W], labels [N], GT map [H, W])."""
+
+    name: str
+    vocabulary: Vocabulary
+    size: int
+    ignore_label: int
+    dataset: Any
+    resize: Optional[int] = None  #: long side the network sees (benchmarks); None: native size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image, GT masks, GT labels and GT label map of image ``index``."""
+        from ..ground_truth import label_map_to_masks
+        from ..inference.postprocess import paint_masks
+
+        item = self.dataset[index]
+        if isinstance(item, dict):  # a training-style sample (synthetic shapes)
+            masks, labels = item["masks"].bool(), item["labels"].long()
+            gt_map = paint_masks(masks, labels, background=self.ignore_label)
+            return item["image"], masks, labels, gt_map
+        example = item.load(("semantic",))  # maskadapter.data.datasets.Sample
+        masks, labels = label_map_to_masks(example.semantic, len(self.vocabulary), self.ignore_label)
+        return example.image, masks, labels, example.semantic
+
+
+def build_eval_set(name: str, root: Optional[str], num_images: int, synthetic: Optional[dict] = None,
+                   resize: int = 896) -> EvalSet:
+    """``synthetic`` (held-out SyntheticShapes with the given keyword arguments) or a benchmark name of
+    :func:`maskadapter.data.datasets.load_dataset` (``ade20k-150``, ``coco-panoptic``, ...)."""
+    if name == "synthetic":
+        from ..data.synthetic import SyntheticShapes
+
+        kwargs = dict(synthetic or {})
+        if num_images:
+            kwargs["num_images"] = num_images
+        ds = SyntheticShapes(**kwargs)
+        return EvalSet("synthetic", ds.vocabulary, len(ds), 255, ds, None)
+    from ..data.datasets import load_dataset
+
+    ds = load_dataset(name, root)
+    if num_images:
+        ds = ds.subset(range(min(num_images, len(ds))))
+    return EvalSet(name, ds.vocabulary, len(ds), ds.ignore_label, ds, resize)
+
+
+@torch.no_grad()
+def classify_image_masks(model: MaskAdapterModel, image: torch.Tensor, masks: torch.Tensor, text: torch.Tensor,
+                         num_synonyms: Sequence[int], resize: Optional[int] = None) -> torch.Tensor:
+    """Adapter logits [N, C+1] of ``masks`` [N, H, W] of ``image`` [3, H, W] (uint8), void included, fp32."""
+    device = model.backbone.logit_scale.device
+    rgb = image.to(device)
+    if resize is not None:
+        rgb = resize_longest_side(rgb, resize)
+    images, sizes = normalize_and_pad([rgb])
+    h, w = sizes[0]
+    m = masks[None].float().to(device)
+    if (h, w) != tuple(masks.shape[-2:]):
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, images.shape[-1] - w, 0, images.shape[-2] - h))
+    feats = model.dense_features(images)
+    emb = model.embed_masks(feats, m)
+    text_void = append_void(text.to(device), model.void_embedding.weight)
+    adapter_text = model.adapter_text(feats, text_void)
+    return classification_logits(emb.float(), adapter_text.float(), model.backbone.logit_scale, num_synonyms)[0]
+
+
+def evaluate_gt_masks(model: MaskAdapterModel, eval_set: EvalSet, text: torch.Tensor, num_synonyms: Sequence[int],
+                      rank: int = 0, world_size: int = 1, progress: bool = False) -> dict[str, float]:
+    """``accuracy`` and ``mIoU`` (percent) of GT-mask classification over ``eval_set`` (this rank's share,
+    then reduced over processes)."""
+    from tqdm import tqdm
+
+    from ..evaluation.classification import MaskClassificationEvaluator
+    from ..evaluation.distributed import reduce_evaluator
+    from ..evaluation.semantic import SemSegEvaluator
+    from ..inference.postprocess import paint_masks
+
+    C = len(eval_set.vocabulary)
+    if len(num_synonyms) != C:
+        raise ValueError(f"the classifier has {len(num_synonyms)} classes, the evaluation set {C}")
+    cls_eval = MaskClassificationEvaluator(C, eval_set.vocabulary.names)
+    sem_eval = SemSegEvaluator(C, eval_set.ignore_label, eval_set.vocabulary.names)
+    was_training = model.training
+    model.eval()
+    try:
+        indices = range(rank, len(eval_set), world_size)
+        for i in tqdm(indices, desc=f"eval {eval_set.name}", unit="img", disable=not progress, leave=False):
+            image, masks, labels, gt_map = eval_set.load(i)
+            if masks.shape[0] == 0:
+                sem_eval.process(torch.full_like(gt_map, -1), gt_map)
+                continue
+            logits = classify_image_masks(model, image, masks, text, num_synonyms, eval_set.resize)
+            predicted = logits[:, :C].argmax(dim=-1).cpu()
+            cls_eval.process(labels, predicted)
+            sem_eval.process(paint_masks(masks, predicted, background=-1), gt_map)
+    finally:
+        model.train(was_training)
+    reduce_evaluator(cls_eval)
+    reduce_evaluator(sem_eval)
+    cls, sem = cls_eval.evaluate(), sem_eval.evaluate()
+    return {"accuracy": float(cls["accuracy"]), "mean_class_accuracy": float(cls["mean_class_accuracy"]),
+            "mIoU": float(sem["mIoU"]), "num_masks": int(cls["num_segments"])}

@@ -1,0 +1,623 @@
+"""The training loop: stage 1 (GT-mask warm-up) and stage 2 (mixed masks), resumable, single- or multi-process.
+
+Per step (spec §4): the frozen CLIP gives dense features (always in eval mode and without autograd); in stage
+2 the frozen generator proposes masks that are matched to the GT; the adapter embeds the sampled / mixed
+masks; ``ce_weight x CE + cos_weight x (1 - cos)`` is back-propagated into the adapter (and the void
+embedding where the variant trains it); AdamW steps with full-model gradient clipping under AMP.
+
+Multi-process runs (``torchrun``) use DDP over the trainable parameters. Each loss term is normalised by
+its count over the *global* batch, and every random draw is keyed by the image's dataset index, so N
+processes with batch B/N compute the same update as one process with batch B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointError, load_part, read_state_dict, split_checkpoint
+from ..modeling.model import MaskAdapterModel
+from ..modeling.text import append_void, classification_logits
+from ..preprocess import normalize_and_pad
+from ..presets import PresetConfig
+from . import distributed as dist_utils
+from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save, load_training_checkpoint, rng_state,
+                            set_rng_state)
+from .config import RESUME_NEUTRAL_KEYS, ResolvedTraining, TrainConfig, config_diff, config_to_dict
+from .data import (IndexedDataset, ResumableDistributedSampler, build_loader, build_train_dataset, describe_dataset,
+                   steps_per_epoch, target_generator)
+from .losses import LossTerms, MaskAdapterLoss
+from .matcher import build_matcher
+from .optim import WarmupLRSchedule, build_optimizer
+from .targets import MaskBatch, mixed_targets, pad_masks, valid_masks, warmup_targets
+
+__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "build_training_model", "resolve_preset",
+           "trainable_state"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_PARTS = ("backbone.clip_model", "sem_seg_head", "mask_adapter", "void_embedding", "cdt")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; nothing of that step was applied or saved."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"non-finite loss ({value}) at step {step}: training stopped; the last checkpoint "
+                         f"written before this step is intact (lower solver.lr or check the data)")
+        self.step = step
+        self.value = value
+
+
+@dataclass
+class TrainResult:
+    """Where a run ended."""
+
+    iteration: int
+    output_dir: Path
+    last_checkpoint: Optional[Path]
+    best_metric: Optional[float]
+    metrics: dict[str, float]
+    skipped_images: int
+    seconds: float
+    train_stats: dict[str, float] = dataclasses.field(default_factory=dict)  #: losses, lr of the last step
+
+
+# ---------------------------------------------------------------------------------------------- model
+def resolve_preset(config: TrainConfig) -> tuple[PresetConfig, Any]:
+    """The preset and architecture the config names (a released preset or a preset JSON file), with the
+    head sizes, the stage's generator and the CDT mode of the config applied."""
+    from ..modeling.build import default_architecture, load_preset_file
+    from ..presets import get_preset
+
+    name = config.model.preset
+    if name.endswith(".json"):
+        preset, arch = load_preset_file(name)
+        arch = arch or default_architecture(preset)
+    else:
+        preset = get_preset(name)
+        arch = default_architecture(preset)
+    if config.model.cdt_mode is not None:
+        if preset.cdt_mode is None:
+            raise ValueError(f"config key 'model.cdt_mode' is set but preset {preset.name!r} has no CDT "
+                             f"(only MAFT+ presets do)")
+        preset = dataclasses.replace(preset, cdt_mode=config.model.cdt_mode)
+    head = dataclasses.replace(arch.head, num_output_maps=config.model.num_output_maps,
+                               num_blocks=config.model.num_blocks)
+    generator = arch.generator if config.train.stage == "mixed" else None
+    if config.train.stage == "mixed" and generator is None:
+        raise ValueError(f"stage 'mixed' needs a mask generator, and preset {preset.name!r} has none")
+    return preset, dataclasses.replace(arch, head=head, generator=generator)
+
+
+def build_training_model(config: TrainConfig) -> tuple[MaskAdapterModel, PresetConfig]:
+    """The model of ``config`` (seeded by ``run.seed``), initial weights loaded, trainable parts unfrozen."""
+    from ..modeling.build import build_model
+
+    preset, arch = resolve_preset(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.run.seed)
+        model = build_model(preset, arch)
+    if config.model.weights:
+        _load_weights(model, config.model.weights, config.model.load_parts)
+    elif config.data.dataset != "synthetic":
+        logger.warning("model.weights is not set: CLIP%s start from random weights",
+                       " and the mask generator" if model.sem_seg_head is not None else "")
+    if config.model.adapter_weights:
+        split = split_checkpoint(read_state_dict(config.model.adapter_weights))
+        if "mask_adapter" not in split.parts:
+            raise CheckpointError(f"model.adapter_weights {config.model.adapter_weights} has no mask_adapter.* keys")
+        load_part(model.mask_adapter, split.parts["mask_adapter"], "mask_adapter")
+    resolved = config.resolved(preset.generator)
+    set_trainable(model, resolved.train_void)
+    model.mask_adapter.grad_checkpoint = config.model.grad_checkpoint
+    return model, preset
+
+
+def _load_weights(model: MaskAdapterModel, path: str, parts: Optional[Sequence[str]]) -> None:
+    split = split_checkpoint(read_state_dict(path))
+    modules = {p: m for p, m in ((p, _part_module(model, p)) for p in MODEL_PARTS) if m is not None}
+    wanted = list(parts) if parts is not None else [p for p in modules if p in split.parts]
+    for part in wanted:
+        if part not in modules:
+            raise ValueError(f"config key 'model.load_parts': the model has no part {part!r} "
+                             f"(it has {', '.join(modules)})")
+        if part not in split.parts:
+            raise CheckpointError(f"{path} has no {part}.* keys (it holds {', '.join(sorted(split.parts)) or 'none'})")
+        load_part(modules[part], split.parts[part], part)
+    logger.info("loaded %s from %s", ", ".join(wanted) or "nothing", path)
+
+
+def _part_module(model: MaskAdapterModel, part: str) -> Optional[nn.Module]:
+    return {"backbone.clip_model": model.backbone.clip_model, "sem_seg_head": model.sem_seg_head,
+            "mask_adapter": model.mask_adapter, "void_embedding": model.void_embedding, "cdt": model.cdt}[part]
+
+
+def set_trainable(model: MaskAdapterModel, train_void: bool) -> None:
+    """Freeze everything but the adapter (and the void embedding when ``train_void``)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.mask_adapter.parameters():
+        p.requires_grad_(True)
+    model.void_embedding.weight.requires_grad_(train_void)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable parameters under their official names."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _set_frozen_modes(model: MaskAdapterModel) -> None:
+    """Frozen parts never train: CLIP (its wrapper enforces it), the generator and the CDT."""
+    for part in (model.sem_seg_head, model.cdt):
+        if part is not None:
+            part.eval()
+
+
+# ---------------------------------------------------------------------------------------------- step
+class _StepModule(nn.Module):
+    """One forward of training (what DDP wraps): images + GT -> un-normalised loss terms."""
+
+    def __init__(self, model: MaskAdapterModel, config: TrainConfig, resolved: ResolvedTraining,
+                 mask_threshold: float, text: torch.Tensor, num_synonyms: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.stage = config.train.stage
+        self.mode = config.train.masks
+        self.num_gt = config.train.num_gt_masks
+        self.mask_threshold = mask_threshold
+        self.matcher = build_matcher(config.train.matcher, config.train.iou_threshold, resolved.iou_binarize,
+                                     config.train.num_pred_masks)
+        self.loss = MaskAdapterLoss(config.loss.ce_weight, config.loss.cos_weight, resolved.cos_detach_target,
+                                    config.loss.cos_include_padding)
+        self.text = text
+        self.num_synonyms = num_synonyms
+
+    def targets(self, feats: dict, text_void: torch.Tensor, masks: list, labels: list,
+                generators: list) -> MaskBatch:
+        """The adapter's masks and labels for this batch."""
+        if self.stage == "warmup":
+            return warmup_targets(masks, labels, self.num_gt, generators)
+        with torch.no_grad():
+            out = self.model.sem_seg_head(feats, text_void.detach(), self.num_synonyms)
+        return mixed_targets(masks, labels, out["pred_masks"], self.num_gt, self.matcher, self.mask_threshold,
+                             generators, self.mode)
+
+    def forward(self, images: Optional[torch.Tensor], masks: list, labels: list, generators: list
+                ) -> dict[str, torch.Tensor]:
+        """Loss terms (sums and counts) of the local batch; an empty batch gives zero terms that still touch
+        every trainable parameter (so every process joins the gradient all-reduce)."""
+        if images is None:
+            zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+            z = torch.zeros((), dtype=torch.long, device=zero.device)
+            return {"ce_sum": zero, "ce_count": z, "cos_sum": zero, "cos_count": z}
+        model = self.model
+        with torch.no_grad():
+            feats = model.dense_features(images)
+        text_void = append_void(self.text, model.void_embedding.weight)
+        batch = self.targets(feats, text_void, masks, labels, generators)
+        emb = model.embed_masks(feats, batch.masks)
+        adapter_text = model.adapter_text(feats, text_void)
+        logits = classification_logits(emb.float(), adapter_text.float(), model.backbone.logit_scale,
+                                       self.num_synonyms)
+        t = self.loss.terms(logits, emb, batch)
+        return {"ce_sum": t.ce_sum, "ce_count": t.ce_count, "cos_sum": t.cos_sum, "cos_count": t.cos_count}
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Builds everything a config describes and runs (or resumes) the training loop.
+
+    ``model`` / ``dataset`` may be passed in (tests, notebooks); otherwise they are built from the config.
+    ``resume``: False, True (``<output_dir>/last.pt``) or a checkpoint path.
+    """
+
+    def __init__(self, config: TrainConfig, resume: Union[bool, str, Path] = False,
+                 model: Optional[MaskAdapterModel] = None, dataset: Optional[Any] = None) -> None:
+        self.config = config.validate()
+        if config.run.output_dir is None:
+            raise ValueError("config key 'run.output_dir' must be set (or pass --output-dir)")
+        self.output_dir = Path(config.run.output_dir).expanduser()
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        self.device = _resolve_device(config.run.device)
+        self.dist = dist_utils.init_distributed(self.device.type, config.run.dist_timeout_min)
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if config.solver.batch_size % self.dist.world_size:
+            raise ValueError(f"config key 'solver.batch_size' ({config.solver.batch_size}) must be a multiple of "
+                             f"the number of processes ({self.dist.world_size})")
+        self.batch_per_rank = config.solver.batch_size // self.dist.world_size
+        self.amp_dtype = _resolve_amp(config.solver.precision, self.device)
+
+        if model is None:
+            model, self.preset = build_training_model(config)
+        else:
+            self.preset, _ = resolve_preset(config)
+            set_trainable(model, config.resolved(self.preset.generator).train_void)
+            model.mask_adapter.grad_checkpoint = config.model.grad_checkpoint
+        self.model = model.to(self.device)
+        self.resolved = config.resolved(self.preset.generator)
+        self.dataset = dataset if dataset is not None else build_train_dataset(config)
+        self.indexed = IndexedDataset(self.dataset)
+        self.steps_per_epoch = steps_per_epoch(len(self.dataset), config.solver.batch_size)
+        self.vocabulary = getattr(self.dataset, "vocabulary", None)
+        if self.vocabulary is None:
+            raise ValueError(f"the training dataset {type(self.dataset).__name__} has no .vocabulary")
+        self.text, self.num_synonyms = self._class_embeddings()
+        mask_threshold = (config.model.mask_threshold if config.model.mask_threshold is not None
+                          else self.preset.mask_threshold)
+        self.step_module = _StepModule(self.model, config, self.resolved, mask_threshold, self.text, self.num_synonyms)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        s = config.solver
+        self.optimizer = build_optimizer(self.model, s.lr, s.weight_decay, s.weight_decay_norm, s.weight_decay_embed,
+                                         s.backbone_multiplier, s.betas, s.eps)
+        self.scheduler = WarmupLRSchedule(self.optimizer, s.schedule, s.max_iter, s.steps, s.gamma, s.warmup_iters,
+                                          s.warmup_factor, s.poly_power, s.poly_constant_ending)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.forward_module: nn.Module = self.step_module
+        if self.dist.world_size > 1:
+            self.forward_module = _wrap_ddp(self.step_module, self.device)
+        self.sampler = ResumableDistributedSampler(self.indexed, self.dist.world_size, self.dist.rank, config.run.seed)
+
+        self.iteration = 0
+        self.best_metric: Optional[float] = None
+        self.last_metrics: dict[str, float] = {}
+        self.skipped_images = 0
+        self.last_stats: dict[str, float] = {}
+        self.eval_set = None
+        self._writer = None
+        if self._eval_enabled():  # fail now, not after hours of training, if the evaluation data is missing
+            self._eval_setup()
+        if resume:
+            path = self.output_dir / "last.pt" if resume is True else Path(resume)
+            self.load_checkpoint(path)
+        logger.info("training %s: %s, %d trainable tensors (%d values), %s, %d steps/epoch",
+                    config.name, self.preset.name, len(self.trainable), sum(p.numel() for p in self.trainable),
+                    describe_dataset(self.dataset), self.steps_per_epoch)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _class_embeddings(self) -> tuple[torch.Tensor, list[int]]:
+        from ..modeling.text import TextClassifier, Vocabulary
+
+        vocab = Vocabulary.coerce(self.vocabulary)
+        if self.config.data.text == "prototypes":
+            if not hasattr(self.dataset, "class_prototypes"):
+                raise ValueError("data.text = prototypes, but the dataset has no class_prototypes()")
+            text = self.dataset.class_prototypes(self.model.backbone)
+            return text.to(self.device).float(), [1] * len(vocab)
+        classifier = TextClassifier(self.model.backbone, cache_dir=self.config.run.text_cache_dir)
+        return classifier(vocab).to(self.device).float(), vocab.num_synonyms
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that logs and writes files."""
+        return self.dist.is_main
+
+    # ------------------------------------------------------------------ one step
+    def run_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimisation step on a collated batch; returns the global losses, lr and skipped images."""
+        step = self.iteration + 1
+        self.model.train()
+        _set_frozen_modes(self.model)
+        keep = [i for i, (m, lab) in enumerate(zip(batch["masks"], batch["labels"]))
+                if valid_masks(m, lab)[0].shape[0] > 0]
+        skipped = len(batch["masks"]) - len(keep)
+        images = None
+        masks, labels, gens = [], [], []
+        if keep:
+            images, _ = normalize_and_pad([batch["images"][i].to(self.device) for i in keep])
+            size = tuple(images.shape[-2:])
+            masks = [pad_masks(batch["masks"][i].to(self.device), size) for i in keep]
+            labels = [batch["labels"][i].to(self.device) for i in keep]
+            gens = [target_generator(self.config.run.seed, self.iteration, batch["indices"][i]) for i in keep]
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out = self.forward_module(images, masks, labels, gens)
+        counts = torch.stack([out["ce_count"].float(), out["cos_count"].float(),
+                              torch.tensor(float(skipped), device=out["ce_count"].device)])
+        dist_utils.all_reduce_sum(counts)
+        world = self.dist.world_size
+        losses = self.step_module.loss.combine(
+            LossTerms(out["ce_sum"], out["ce_count"], out["cos_sum"], out["cos_count"]),
+            ce_norm=float(counts[0]), cos_norm=float(counts[1]), scale=float(world))
+        logged = torch.stack([losses["loss_ce"].detach(), losses["loss_cosine"].detach()]).float()
+        dist_utils.all_reduce_sum(logged)
+        logged /= world
+        total = float(logged.sum())
+        if not math.isfinite(total):
+            raise NonFiniteLossError(step, total)
+        self.scaler.scale(losses["total"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = float("nan")
+        if self.config.solver.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.solver.grad_clip))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.iteration = step
+        self.skipped_images += int(counts[2])
+        self.last_stats = {"loss": total, "loss_ce": float(logged[0]), "loss_cosine": float(logged[1]), "lr": lr,
+                "grad_norm": grad_norm, "skipped": int(counts[2]), "masks": int(counts[0])}
+        return dict(self.last_stats)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ loop
+    def train(self, stop_after: Optional[int] = None) -> TrainResult:
+        """Train until ``solver.max_iter`` (or until iteration ``stop_after``, without a final checkpoint:
+        used to simulate an interruption). Periodic checkpoints, evaluation and logs along the way."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        total = cfg.solver.max_iter
+        end = total if stop_after is None else min(total, stop_after)
+        start_time = time.perf_counter()
+        bar = tqdm(total=total, initial=self.iteration, desc=cfg.name, unit="it", dynamic_ncols=True,
+                   disable=not (cfg.run.progress and self.is_main))
+        window: list[float] = []
+        stats: dict[str, float] = {}
+        steps_done = 0
+        try:
+            while self.iteration < end:
+                epoch, batch_in_epoch = divmod(self.iteration, self.steps_per_epoch)
+                self.indexed.set_epoch(epoch)
+                self.sampler.set_epoch(epoch)
+                self.sampler.set_start(batch_in_epoch * self.batch_per_rank)
+                loader = build_loader(self.indexed, self.sampler, self.batch_per_rank, cfg.data.num_workers,
+                                      pin_memory=self.device.type == "cuda")
+                tick = time.perf_counter()
+                for batch in loader:
+                    stats = self.run_step(batch)
+                    now = time.perf_counter()
+                    window = (window + [now - tick])[-20:]
+                    tick = now
+                    stats["images_per_s"] = cfg.solver.batch_size * len(window) / max(sum(window), 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}",
+                                    img_s=f"{stats['images_per_s']:.2f}")
+                    self._log(stats)
+                    steps_done += 1
+                    if self.iteration >= total:
+                        break
+                    # evaluation first, so the checkpoint written next records the best metric so far
+                    if self._eval_enabled() and cfg.eval.period and self.iteration % cfg.eval.period == 0:
+                        self.evaluate_and_select()
+                    if cfg.run.checkpoint_period and self.iteration % cfg.run.checkpoint_period == 0:
+                        self.save_checkpoint()
+                    if self.iteration >= end:
+                        break
+            last: Optional[Path] = None
+            if self.iteration >= total:
+                if steps_done:
+                    if self._eval_enabled():
+                        self.evaluate_and_select()
+                    last = self.save_checkpoint()
+                elif (self.output_dir / "last.pt").is_file():  # resumed a finished run: nothing to do
+                    last = self.output_dir / "last.pt"
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.flush()
+        if self.skipped_images and self.is_main:
+            logger.warning("%d training images had no usable mask and were skipped", self.skipped_images)
+        return TrainResult(self.iteration, self.output_dir, last, self.best_metric, dict(self.last_metrics),
+                           self.skipped_images, time.perf_counter() - start_time, dict(self.last_stats))
+
+    def _log(self, stats: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        it = self.iteration
+        if it % self.config.run.log_period == 0 or it == 1:
+            logger.info("iter %d: loss %.4f (ce %.4f, cos %.4f), lr %.3g, %.2f img/s%s", it, stats["loss"],
+                        stats["loss_ce"], stats["loss_cosine"], stats["lr"], stats["images_per_s"],
+                        f", {self.skipped_images} images skipped so far" if self.skipped_images else "")
+        writer = self._tensorboard()
+        if writer is not None:
+            for key in ("loss", "loss_ce", "loss_cosine", "lr", "images_per_s", "grad_norm"):
+                if math.isfinite(stats.get(key, float("nan"))):
+                    writer.add_scalar(f"train/{key}", stats[key], it)
+            writer.add_scalar("train/skipped_images", self.skipped_images, it)
+
+    def _tensorboard(self):
+        if not (self.config.run.tensorboard and self.is_main):
+            return None
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # pragma: no cover - tensorboard is an optional extra
+                logger.warning("tensorboard is not installed (pip install 'maskadapter[train]'); logging disabled")
+                self.config.run.tensorboard = False
+                return None
+            self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+        return self._writer
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_enabled(self) -> bool:
+        return self.config.eval.dataset != "none"
+
+    def _eval_setup(self) -> None:
+        from ..modeling.text import TextClassifier
+        from .evaluate import build_eval_set
+
+        cfg = self.config
+        synthetic = None
+        if cfg.eval.dataset == "synthetic":
+            d = cfg.data
+            synthetic = {"num_classes": d.synthetic_num_classes, "size": d.synthetic_size, "num_images": 64,
+                         "seed": cfg.eval.synthetic_seed}
+        self.eval_set = build_eval_set(cfg.eval.dataset, cfg.eval.root or cfg.data.root, cfg.eval.num_images,
+                                       synthetic, cfg.eval.image_size)
+        if cfg.data.text == "prototypes":
+            if self.eval_set.vocabulary.names != list(self.vocabulary.names):
+                raise ValueError("data.text = prototypes needs an evaluation set with the training classes")
+            self.eval_text, self.eval_synonyms = self.text, self.num_synonyms
+        else:
+            classifier = TextClassifier(self.model.backbone, cache_dir=cfg.run.text_cache_dir)
+            self.eval_text = classifier(self.eval_set.vocabulary).to(self.device).float()
+            self.eval_synonyms = self.eval_set.vocabulary.num_synonyms
+
+    def evaluate(self) -> dict[str, float]:
+        """GT-mask accuracy and mIoU on the evaluation set (every process takes its share)."""
+        from .evaluate import evaluate_gt_masks
+
+        if not self._eval_enabled():
+            raise ValueError("no evaluation set: set eval.dataset")
+        if self.eval_set is None:
+            self._eval_setup()
+        return evaluate_gt_masks(self.model, self.eval_set, self.eval_text, self.eval_synonyms, self.dist.rank,
+                                 self.dist.world_size, progress=self.config.run.progress and self.is_main)
+
+    def evaluate_and_select(self) -> dict[str, float]:
+        """Evaluate, log, and write ``best.pt`` when the selection metric improved."""
+        metrics = self.evaluate()
+        self.last_metrics = metrics
+        key = "mIoU" if self.config.eval.metric == "miou" and math.isfinite(metrics["mIoU"]) else "accuracy"
+        value = metrics[key]
+        improved = math.isfinite(value) and (self.best_metric is None or value > self.best_metric)
+        if improved:
+            self.best_metric = value
+        if self.is_main:
+            logger.info("eval at iter %d: accuracy %.2f, mIoU %.2f%s", self.iteration, metrics["accuracy"],
+                        metrics["mIoU"], " (best)" if improved else "")
+            writer = self._tensorboard()
+            if writer is not None:
+                for k in ("accuracy", "mIoU", "mean_class_accuracy"):
+                    if math.isfinite(metrics[k]):
+                        writer.add_scalar(f"eval/{k}", metrics[k], self.iteration)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"iteration": self.iteration, **metrics, "selected_by": key}) + "\n")
+        if improved:
+            self.save_checkpoint("best.pt")
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything needed to resume bit-exactly."""
+        epoch, batch_in_epoch = divmod(self.iteration, self.steps_per_epoch)
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "model": trainable_state(self.model),
+            "config": config_to_dict(self.config),
+            "preset": self.preset.name, "generator": self.preset.generator,
+            "iteration": self.iteration, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(),
+            "best_metric": self.best_metric, "metrics": dict(self.last_metrics),
+            "skipped_images": self.skipped_images, "world_size": self.dist.world_size,
+            "train_stats": dict(self.last_stats),  # losses (global means), lr, grad norm of the last step
+        }
+
+    def save_checkpoint(self, name: str = "last.pt") -> Optional[Path]:
+        """Write ``<output_dir>/<name>`` atomically (rank 0; other processes wait). Returns its path."""
+        path = self.output_dir / name
+        if self.is_main:
+            payload = self.checkpoint_payload()
+            atomic_save(payload, path)
+            if name == "last.pt" and self.config.run.keep_checkpoints:
+                atomic_save(payload, self.output_dir / f"model_{self.iteration:07d}.pt")
+            logger.info("checkpoint %s (iteration %d)", path, self.iteration)
+        dist_utils.barrier()
+        return path
+
+    def load_checkpoint(self, path: Union[str, Path]) -> None:
+        """Restore a checkpoint written by a run of the same config (keys in ``RESUME_NEUTRAL_KEYS`` may differ)."""
+        ckpt = load_training_checkpoint(path)
+        differing = [k for k in config_diff(ckpt["config"], config_to_dict(self.config)) if k not in RESUME_NEUTRAL_KEYS]
+        if differing:
+            details = ", ".join(f"{k} (checkpoint {_lookup(ckpt['config'], k)!r}, now "
+                                f"{_lookup(config_to_dict(self.config), k)!r})" for k in differing[:8])
+            raise ValueError(f"cannot resume from {path}: it was written by another config; differing keys: {details}")
+        state = ckpt["model"]
+        own = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        if set(state) != own:
+            raise CheckpointError(f"{path}: trained parameters do not match the model "
+                                  f"(missing {sorted(own - set(state))[:5]}, unexpected {sorted(set(state) - own)[:5]})")
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                if params[name].shape != value.shape:
+                    raise CheckpointError(f"{path}: {name} has shape {list(value.shape)}, the model "
+                                          f"{list(params[name].shape)}")
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("rng") and int(ckpt.get("world_size", 1)) == self.dist.world_size:
+            set_rng_state(ckpt["rng"])
+        self.iteration = int(ckpt["iteration"])
+        self.best_metric = ckpt.get("best_metric")
+        self.last_metrics = dict(ckpt.get("metrics") or {})
+        self.skipped_images = int(ckpt.get("skipped_images", 0))
+        self.last_stats = dict(ckpt.get("train_stats") or {})
+        logger.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def close(self) -> None:
+        """Flush logs and leave the process group."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        dist_utils.cleanup()
+
+
+def _lookup(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"config key 'run.device': {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config key 'run.device' asks for CUDA, but no GPU is available")
+    return device
+
+
+def _resolve_amp(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype (None = fp32): ``auto`` is fp16 on CUDA (official AMP) and bf16 on CPU."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("config key 'solver.precision' = fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def _wrap_ddp(module: _StepModule, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Frozen weights and buffers are identical on every process (same seed, same files): DDP neither
+    # broadcasts nor syncs them; only the trainable parameters are reduced.
+    frozen = [n for n, p in module.named_parameters() if not p.requires_grad] + [n for n, _ in module.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, frozen)
+    ids = [device.index] if device.type == "cuda" else None
+    # The depthwise-conv weight gradients come out channels-last (NHWC head); DDP copies them into its
+    # buckets anyway and would warn about the layout on every process.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(module, device_ids=ids)
