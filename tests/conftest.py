@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -68,3 +72,22 @@ def tiny_preset(base: str = "fcclip-large", **changes):
     from maskadapter.presets import get_preset
 
     return dataclasses.replace(get_preset(base), name=f"tiny-{base}", test_size=64, **changes)
+
+
+def write_tiny_preset(path: Path, base: str = "fcclip-large", embed_dim: int = 32, num_queries: int = 10,
+                      **preset_changes: Any) -> Path:
+    """A preset JSON file (``load_preset_file`` format) with the tiny test architecture."""
+    arch = tiny_architecture(embed_dim, num_queries)
+    preset = dataclasses.asdict(tiny_preset(base, **preset_changes))
+    data = {
+        "preset": preset,
+        "architecture": {
+            "clip": {"name": arch.clip.name, "model_cfg": arch.clip.model_cfg},
+            "head": dataclasses.asdict(arch.head),
+            "pixel_decoder": dataclasses.asdict(arch.generator.pixel_decoder),
+            "transformer_decoder": dataclasses.asdict(arch.generator.predictor),
+            "cdt_heads": arch.cdt_heads,
+        },
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -14,29 +13,13 @@ from pycocotools import mask as mask_util
 from maskadapter.cli import main
 from maskadapter.modeling.build import build_model, load_preset_file
 
-from conftest import tiny_architecture, tiny_preset
-
-
-def write_preset(path, base="fcclip-large"):
-    arch = tiny_architecture()
-    data = {
-        "preset": dataclasses.asdict(tiny_preset(base)),
-        "architecture": {
-            "clip": {"name": arch.clip.name, "model_cfg": arch.clip.model_cfg},
-            "head": dataclasses.asdict(arch.head),
-            "pixel_decoder": dataclasses.asdict(arch.generator.pixel_decoder),
-            "transformer_decoder": dataclasses.asdict(arch.generator.predictor),
-            "cdt_heads": arch.cdt_heads,
-        },
-    }
-    path.write_text(json.dumps(data))
-    return path
+from conftest import tiny_architecture, tiny_preset, write_tiny_preset
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    preset_file = write_preset(root / "tiny.json")
+    preset_file = write_tiny_preset(root / "tiny.json")
     preset, arch = load_preset_file(preset_file)
     assert arch == tiny_architecture() and preset == tiny_preset()
     torch.manual_seed(0)

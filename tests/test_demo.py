@@ -30,7 +30,7 @@ from maskadapter.modeling.build import build_model
 from maskadapter.modeling.text import Vocabulary
 
 from conftest import tiny_architecture, tiny_preset
-from test_cli_segment import write_preset
+from conftest import write_tiny_preset
 
 VOCAB = "cat, sofa|couch; sky"
 # gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix
@@ -263,7 +263,7 @@ def test_build_demo_unexpected_failure_is_a_short_page_error(image_file, caplog)
 @pytest.fixture(scope="module")
 def preset_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-cli")
-    preset_file = write_preset(root / "tiny.json")
+    preset_file = write_tiny_preset(root / "tiny.json")
     torch.manual_seed(0)
     weights = root / "tiny.pth"
     torch.save({"model": build_model(tiny_preset(), tiny_architecture()).state_dict()}, weights)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -24,24 +23,7 @@ from maskadapter.inference.postprocess import category_overlap
 from maskadapter.inference.predictor import Predictor
 from maskadapter.modeling.build import build_model, load_preset_file
 
-from conftest import tiny_architecture, tiny_preset
-
-
-def write_preset(path):
-    arch = tiny_architecture()
-    data = {
-        # overlap threshold 0 so that the random-weight generator yields panoptic segments
-        "preset": dataclasses.asdict(tiny_preset(overlap_threshold=0.0)),
-        "architecture": {
-            "clip": {"name": arch.clip.name, "model_cfg": arch.clip.model_cfg},
-            "head": dataclasses.asdict(arch.head),
-            "pixel_decoder": dataclasses.asdict(arch.generator.pixel_decoder),
-            "transformer_decoder": dataclasses.asdict(arch.generator.predictor),
-            "cdt_heads": arch.cdt_heads,
-        },
-    }
-    path.write_text(json.dumps(data))
-    return path
+from conftest import write_tiny_preset
 
 
 def write(path, array):
@@ -97,7 +79,8 @@ def make_raw_ade_from_predictions(raw, predictor, n=3, h=20, w=28):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("eval")
-    preset_file = write_preset(base / "tiny.json")
+    # overlap threshold 0 so that the random-weight generator yields panoptic segments
+    preset_file = write_tiny_preset(base / "tiny.json", overlap_threshold=0.0)
     preset, arch = load_preset_file(preset_file)
     torch.manual_seed(0)
     model = build_model(preset, arch)

@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
-from typing import Any
 
-from conftest import tiny_architecture, tiny_preset
-
-
-def write_tiny_preset(path: Path, base: str = "fcclip-large", embed_dim: int = 32, num_queries: int = 10,
-                      **preset_changes: Any) -> Path:
-    """A preset JSON file (``load_preset_file`` format) with the tiny test architecture."""
-    arch = tiny_architecture(embed_dim, num_queries)
-    preset = dataclasses.asdict(tiny_preset(base, **preset_changes))
-    data = {
-        "preset": preset,
-        "architecture": {
-            "clip": {"name": arch.clip.name, "model_cfg": arch.clip.model_cfg},
-            "head": dataclasses.asdict(arch.head),
-            "pixel_decoder": dataclasses.asdict(arch.generator.pixel_decoder),
-            "transformer_decoder": dataclasses.asdict(arch.generator.predictor),
-            "cdt_heads": arch.cdt_heads,
-        },
-    }
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
+from conftest import tiny_architecture, tiny_preset, write_tiny_preset  # noqa: F401 (re-exported)
 
 
 def synthetic_config(tmp_path: Path, stage: str = "warmup", **sections: dict) -> dict:

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .checkpoint import CheckpointError, convert_checkpoint
+from .cli_segment import add_model_arguments
 from .hub import WeightsUnavailableError
 
 __all__ = ["main"]
@@ -86,31 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--vocab", help='classes separated by "," ";" or new lines; synonyms joined by "|", '
                                      'e.g. "cat, sofa|couch, window"')
     seg.add_argument("--vocab-file", help="class file: one class per line, 'id:name,synonym,...' or plain names")
-    seg.add_argument("--preset", default="fcclip-large",
-                     help="fcclip-large | maftp-base | maftp-large, or a preset JSON file (default fcclip-large)")
-    seg.add_argument("--weights", help="checkpoint file (default: download the preset's weights once)")
-    seg.add_argument("--generator", choices=["preset", "sam"], default="preset",
-                     help="mask generator: the preset's decoder, or SAM automatic masks (needs --sam-checkpoint)")
-    seg.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint for --generator sam")
-    seg.add_argument("--sam-model", default="vit_h", help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config")
-    seg.add_argument("--sam-backend", choices=["sam", "sam2"], default="sam")
     seg.add_argument("--task", choices=["semantic", "panoptic", "instance"], default="semantic")
     seg.add_argument("--things", help="classes that are countable objects (panoptic/instance), comma separated; "
                                       "default: classes matching a COCO thing class")
     seg.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
-    seg.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    seg.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    seg.add_argument("--text-cache-dir", help="folder to cache text embeddings across runs (default: none)")
+    add_model_arguments(seg)
     seg.set_defaults(func=_cmd_segment)
     for module in _COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{module}").register(sub)
     return parser
 
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_segment import add_model_arguments
+
 __all__ = ["register", "run_demo"]
 
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -21,21 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Load the model once and serve a page (gradio) where you upload or pick an image, type a "
                     "vocabulary, choose semantic / panoptic / instance, and get the overlay, a table of segments, "
                     "the label-map PNG and the segments JSON. Requests run one at a time.")
-    p.add_argument("--preset", default="fcclip-large",
-                   help="fcclip-large | maftp-base | maftp-large, or a preset JSON file (default fcclip-large)")
-    p.add_argument("--weights", help="checkpoint file (default: download the preset's weights once)")
-    p.add_argument("--generator", choices=["preset", "sam"], default="preset",
-                   help="mask generator: the preset's decoder, or SAM automatic masks (needs --sam-checkpoint)")
-    p.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint for --generator sam")
-    p.add_argument("--sam-model", default="vit_h", help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config")
-    p.add_argument("--sam-backend", choices=["sam", "sam2"], default="sam")
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--examples", help="folder of example images to offer (default: a few generated drawings)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument("--text-cache-dir", help="folder to cache text embeddings across runs (default: memory only)")
     p.set_defaults(func=run_demo)
 
 

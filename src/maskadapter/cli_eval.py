@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_segment import add_model_arguments
 from .data.datasets import DATASETS
 
 __all__ = ["register", "run_eval"]
@@ -38,26 +39,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a model on a prepared benchmark as the paper does (fp32, official thresholds), "
                     "print the metrics, and write results.json and a markdown table row.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="fcclip-large",
-                   help="fcclip-large | maftp-base | maftp-large, or a preset JSON file (default fcclip-large)")
     p.add_argument("--dataset", required=True, help=f"{' | '.join(DATASETS)} | custom:IMAGES,LABELS,CLASSES")
     p.add_argument("--data-root", default=os.environ.get("DETECTRON2_DATASETS"),
                    help="folder holding the prepared datasets (default $DETECTRON2_DATASETS)")
-    p.add_argument("--weights", help="checkpoint file (default: download the preset's weights once)")
     p.add_argument("--gt-masks", action="store_true",
                    help="classify the ground-truth masks (paper Table 3): accuracy and oracle mIoU")
     p.add_argument("--tasks", help="comma-separated subset of semantic,panoptic,instance (default: all the "
                                    "dataset supports)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
-                   help="fp32 (default, comparable with the paper), bf16, or auto")
     p.add_argument("-o", "--output", help="folder for cached predictions and results (default: "
                                           "~/.cache/maskadapter/eval/<preset>_<dataset>)")
     p.add_argument("--no-resume", action="store_true", help="discard cached predictions and start over")
     p.add_argument("--allow-missing", action="store_true",
                    help="skip images without labels (and labels without images) with a warning instead of failing")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--text-cache-dir", help="folder to cache text embeddings across runs (default: none)")
+    add_model_arguments(p, sam=False, precision="fp32")  # fp32 by default: numbers comparable with the paper
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
 

@@ -7,18 +7,46 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from .export import label_map_image, overlay_image, result_to_json
 from .modeling.text import Vocabulary
 
-__all__ = ["run_segment", "build_predictor"]
+__all__ = ["run_segment", "build_predictor", "add_model_arguments"]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, sam: bool = True, precision: str = "auto") -> None:
+    """The options that choose and run a model (shared by segment, demo and eval): preset, weights, SAM,
+    device, precision, text cache. ``build_predictor`` reads them."""
+    parser.add_argument("--preset", default="fcclip-large",
+                        help="fcclip-large | maftp-base | maftp-large, or a preset JSON file (default fcclip-large)")
+    parser.add_argument("--weights", help="checkpoint file (default: download the preset's weights once)")
+    if sam:
+        parser.add_argument("--generator", choices=["preset", "sam"], default="preset",
+                            help="mask generator: the preset's decoder, or SAM automatic masks (needs --sam-checkpoint)")
+        parser.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint for --generator sam")
+        parser.add_argument("--sam-model", default="vit_h", help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config")
+        parser.add_argument("--sam-backend", choices=["sam", "sam2"], default="sam")
+    else:
+        parser.set_defaults(generator="preset")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=precision,
+                        help=f"numeric precision (default {precision}; auto = bf16 only where it is native and faster)")
+    parser.add_argument("--text-cache-dir", help="folder to cache text embeddings across runs (default: memory only)")
+
+
+def _device(requested: Optional[str]) -> str:
+    import torch
+
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def build_predictor(args: argparse.Namespace):
-    """The Predictor the arguments ask for (preset name or JSON file, weights, SAM)."""
+    """The Predictor the arguments of :func:`add_model_arguments` ask for (preset name or JSON file, weights, SAM)."""
     from .inference.predictor import Predictor
-    from .modeling.build import build_model, load_preset_file
+    from .modeling.build import load_preset_file
 
+    args.device = _device(args.device)
     kwargs = dict(device=args.device, precision=args.precision, text_cache_dir=args.text_cache_dir)
     if args.generator == "sam":
         from .modeling.generators.sam import SamMaskGenerator
