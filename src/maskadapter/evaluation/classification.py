@@ -14,8 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .distributed import (ArrayLike, BoolLike, StatefulEvaluator, as_bool_vector, as_int_array,
-                          check_num_classes, class_name_list)
+from .distributed import (ArrayLike, BoolLike, StatefulEvaluator, as_int_array)
 
 __all__ = ["MaskClassificationEvaluator"]
 
@@ -28,14 +27,8 @@ class MaskClassificationEvaluator(StatefulEvaluator):
     def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None,
                  seen: Optional[BoolLike] = None) -> None:
         """``num_classes`` C, ``seen`` bool [C] or None."""
-        self.num_classes = check_num_classes(num_classes)
-        self.class_names = class_name_list(class_names, self.num_classes)
-        self.seen = as_bool_vector(seen, self.num_classes, "seen")
+        self._set_classes(num_classes, class_names, seen)
         self.reset()
-
-    def _config(self) -> dict:
-        return {"num_classes": self.num_classes, "class_names": list(self.class_names),
-                "seen": None if self.seen is None else list(self.seen)}
 
     def _count_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"total": (self.num_classes,), "correct": (self.num_classes,)}

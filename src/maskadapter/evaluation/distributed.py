@@ -96,8 +96,16 @@ class StatefulEvaluator:
     _KIND = ""
     _RECORD_KEYS: tuple[str, ...] = ()
 
+    def _set_classes(self, num_classes: int, class_names: Optional[Sequence[str]], seen: Optional[BoolLike]) -> None:
+        """Validate and store what every evaluator has: C, the class names and the seen flags [C]."""
+        self.num_classes = check_num_classes(num_classes)
+        self.class_names = class_name_list(class_names, self.num_classes)
+        self.seen = as_bool_vector(seen, self.num_classes, "seen")
+
     def _config(self) -> dict:
-        raise NotImplementedError
+        """The configuration compared on merge: the class setup plus what a subclass adds."""
+        return {"num_classes": self.num_classes, "class_names": list(self.class_names),
+                "seen": None if self.seen is None else list(self.seen)}
 
     def _count_shapes(self) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError

@@ -33,8 +33,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .distributed import (ArrayLike, BoolLike, StatefulEvaluator, as_bool_vector, as_int_array,
-                          check_num_classes, class_name_list)
+from .distributed import (ArrayLike, BoolLike, StatefulEvaluator, as_bool_vector, as_int_array)
 
 __all__ = ["PanopticEvaluator", "OFFSET", "VOID"]
 
@@ -85,17 +84,14 @@ class PanopticEvaluator(StatefulEvaluator):
     def __init__(self, num_classes: int, is_thing: BoolLike, class_names: Optional[Sequence[str]] = None,
                  seen: Optional[BoolLike] = None) -> None:
         """``num_classes`` C, ``is_thing`` bool [C] (Things vs Stuff), ``seen`` bool [C] or None."""
-        self.num_classes = check_num_classes(num_classes)
+        self._set_classes(num_classes, class_names, seen)
         thing = as_bool_vector(is_thing, self.num_classes, "is_thing")
         assert thing is not None
         self.is_thing = thing
-        self.class_names = class_name_list(class_names, self.num_classes)
-        self.seen = as_bool_vector(seen, self.num_classes, "seen")
         self.reset()
 
     def _config(self) -> dict:
-        return {"num_classes": self.num_classes, "is_thing": list(self.is_thing),
-                "class_names": list(self.class_names), "seen": None if self.seen is None else list(self.seen)}
+        return {**super()._config(), "is_thing": list(self.is_thing)}
 
     def _count_shapes(self) -> dict[str, tuple[int, ...]]:
         C = self.num_classes

@@ -32,8 +32,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .distributed import (ArrayLike, BoolLike, StatefulEvaluator, as_bool_vector, as_int_array,
-                          check_num_classes, class_name_list, masked_mean)
+from .distributed import (ArrayLike, BoolLike, StatefulEvaluator, as_int_array,
+                          masked_mean)
 
 __all__ = ["SemSegEvaluator"]
 
@@ -48,20 +48,17 @@ class SemSegEvaluator(StatefulEvaluator):
     def __init__(self, num_classes: int, ignore_label: int = 255, class_names: Optional[Sequence[str]] = None,
                  seen: Optional[BoolLike] = None) -> None:
         """``num_classes`` C; GT pixels equal to ``ignore_label`` are skipped; ``seen`` bool [C] or None."""
-        self.num_classes = check_num_classes(num_classes)
+        self._set_classes(num_classes, class_names, seen)
         if isinstance(ignore_label, bool) or not isinstance(ignore_label, (int, np.integer)):
             raise TypeError(f"ignore_label must be an int, got {ignore_label!r}")
         if 0 <= ignore_label < self.num_classes:
             raise ValueError(f"ignore_label {ignore_label} is a class index (num_classes={self.num_classes})")
         self.ignore_label = int(ignore_label)
-        self.class_names = class_name_list(class_names, self.num_classes)
-        self.seen = as_bool_vector(seen, self.num_classes, "seen")
         self._warned_invalid = False
         self.reset()
 
     def _config(self) -> dict:
-        return {"num_classes": self.num_classes, "ignore_label": self.ignore_label,
-                "class_names": list(self.class_names), "seen": None if self.seen is None else list(self.seen)}
+        return {**super()._config(), "ignore_label": self.ignore_label}
 
     def _count_shapes(self) -> dict[str, tuple[int, ...]]:
         n = self.num_classes + 1

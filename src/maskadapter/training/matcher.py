@@ -72,14 +72,22 @@ def _limit(pred: list[int], gt: list[int], ious: torch.Tensor, max_matches: int,
     return MatchResult(p, g, ious[p, g] if len(pred) else ious.new_zeros(0))
 
 
-class IoUMatcher:
-    """Official matcher: for every GT, one random prediction with IoU > ``threshold``; at most ``max_matches`` pairs."""
+class _Matcher:
+    """Shared settings: IoU ``threshold`` for a pair, ``pred_threshold`` binarising predicted masks, at most
+    ``max_matches`` pairs per image."""
 
-    def __init__(self, threshold: float = 0.7, pred_threshold: float = 0.4, max_matches: int = 8) -> None:
+    def __init__(self, threshold: float, pred_threshold: float = 0.4, max_matches: int = 8) -> None:
         _check_args(threshold, pred_threshold, max_matches)
         self.threshold = threshold
         self.pred_threshold = pred_threshold
         self.max_matches = max_matches
+
+
+class IoUMatcher(_Matcher):
+    """Official matcher: for every GT, one random prediction with IoU > ``threshold``; at most ``max_matches`` pairs."""
+
+    def __init__(self, threshold: float = 0.7, pred_threshold: float = 0.4, max_matches: int = 8) -> None:
+        super().__init__(threshold, pred_threshold, max_matches)
 
     def __call__(self, pred_logits: torch.Tensor, gt_masks: torch.Tensor,
                  generator: Optional[torch.Generator] = None) -> MatchResult:
@@ -95,14 +103,11 @@ class IoUMatcher:
         return _limit(pred, gt, ious, self.max_matches, generator)
 
 
-class HungarianMatcher:
+class HungarianMatcher(_Matcher):
     """One-to-one assignment maximising total IoU (Table 5 alternative); pairs with IoU <= ``threshold`` are dropped."""
 
     def __init__(self, threshold: float = 0.0, pred_threshold: float = 0.4, max_matches: int = 8) -> None:
-        _check_args(threshold, pred_threshold, max_matches)
-        self.threshold = threshold
-        self.pred_threshold = pred_threshold
-        self.max_matches = max_matches
+        super().__init__(threshold, pred_threshold, max_matches)
 
     def __call__(self, pred_logits: torch.Tensor, gt_masks: torch.Tensor,
                  generator: Optional[torch.Generator] = None) -> MatchResult:
