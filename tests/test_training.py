@@ -104,6 +104,8 @@ def test_config_diff():
     ("maftp_large_stage2", {"train.stage": "mixed", "data.dataset": "coco_stuff", "solver.schedule": "poly",
                             "solver.weight_decay": 2e-5, "solver.warmup_iters": 10, "solver.poly_power": 0.9,
                             "run.seed": 123, "solver.max_iter": 49286}),
+    ("maftp_base_stage2", {"train.stage": "mixed", "data.dataset": "coco_stuff", "solver.schedule": "poly",
+                           "solver.weight_decay": 2e-5, "model.preset": "maftp-base"}),
     ("synthetic", {"data.dataset": "synthetic", "data.text": "prototypes", "eval.dataset": "synthetic"}),
 ])
 def test_recipes_hold_the_official_values(name, checks):
@@ -120,6 +122,8 @@ def test_recipes_hold_the_official_values(name, checks):
     ("fcclip_large_stage2", True, None, 0.5, (True, 0.4, True)),
     ("maftp_large_stage1", False, "panoptic", 0.4, (True, 0.5, False)),
     ("maftp_large_stage2", True, "panoptic", 0.4, (False, 0.5, False)),
+    ("maftp_base_stage1", False, "panoptic", 0.45, (True, 0.5, False)),  # stage-1 configs: PANOPTIC_ON True
+    ("maftp_base_stage2", True, "semantic", 0.45, (False, 0.5, False)),
 ])
 def test_recipes_build_the_official_model_variant(name, generator, cdt, threshold, resolved):
     from maskadapter.training.trainer import resolve_preset
