@@ -19,7 +19,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "OFFICIAL_PARTS", "SplitCheckpoint",
-    "read_state_dict", "split_checkpoint", "load_part", "save_safetensors", "convert_checkpoint",
+    "read_state_dict", "load_weights_only", "split_checkpoint", "load_part", "save_safetensors", "convert_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except Exception as exc:
             raise CheckpointError(f"could not read safetensors file {path}: {exc}") from exc
-    obj = _torch_load(path)
+    obj = load_weights_only(path)
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
@@ -87,7 +87,8 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and not zipfile.is_zipfile(path)
 
 
-def _torch_load(path: Path) -> object:
+def load_weights_only(path: Path) -> object:
+    """Unpickle ``path`` with ``torch.load(weights_only=True)`` on CPU; code-referencing pickles are refused."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

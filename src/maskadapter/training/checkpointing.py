@@ -23,7 +23,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, _torch_load
+from ..checkpoint import CheckpointError, load_weights_only
 
 __all__ = ["CHECKPOINT_FORMAT", "atomic_save", "rng_state", "set_rng_state", "load_training_checkpoint",
            "is_training_checkpoint"]
@@ -96,7 +96,7 @@ def load_training_checkpoint(path: PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training checkpoint not found: {path}")
-    obj = _torch_load(path)
+    obj = load_weights_only(path)
     if not is_training_checkpoint(obj):
         raise CheckpointError(f"{path} is not a maskadapter training checkpoint (no format '{CHECKPOINT_FORMAT}'); "
                               "an official or exported file can be used as model.weights / model.adapter_weights")

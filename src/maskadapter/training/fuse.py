@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ..checkpoint import CheckpointError, _torch_load, read_state_dict, save_safetensors, split_checkpoint
+from ..checkpoint import CheckpointError, load_weights_only, read_state_dict, save_safetensors, split_checkpoint
 from .checkpointing import atomic_save, is_training_checkpoint, load_training_checkpoint
 
 __all__ = ["fuse_checkpoints", "export_state", "save_state", "FUSED_PREFIXES"]
@@ -88,7 +88,7 @@ def fuse_checkpoints(stage1: PathLike, segmentor: PathLike, output: PathLike, ba
     stage1, output = Path(stage1), Path(output)
     if not stage1.is_file():
         raise FileNotFoundError(f"stage-1 checkpoint not found: {stage1}")
-    raw: Any = _torch_load(stage1) if stage1.suffix != ".safetensors" else {"model": read_state_dict(stage1)}
+    raw: Any = load_weights_only(stage1) if stage1.suffix != ".safetensors" else {"model": read_state_dict(stage1)}
     if is_training_checkpoint(raw):
         fused: dict[str, Any] = {"model": export_state(stage1, full=True, base=base)}
     elif isinstance(raw, dict) and isinstance(raw.get("model"), dict):
