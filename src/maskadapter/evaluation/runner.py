@@ -338,7 +338,8 @@ def _evaluation_postprocess(predictor: Any, dataset: SegmentationDataset) -> Opt
 
 
 class _patched_predictor:
-    """Temporarily set the predictor's precision and post-processing order (restored on exit)."""
+    """Temporarily set the predictor's precision and post-processing order, and lift its output-size cap so
+    predictions come at the image's resolution as in the official evaluation (all restored on exit)."""
 
     def __init__(self, predictor: Any, precision: str, before: Optional[bool]) -> None:
         self.predictor, self.precision, self.before = predictor, precision, before
@@ -347,14 +348,15 @@ class _patched_predictor:
         p = self.predictor
         if p is None:
             return
-        self.saved = (p.precision, p.preset)
+        self.saved = (p.precision, p.preset, p.max_output_pixels)
         p.precision = self.precision
+        p.max_output_pixels = max(p.max_output_pixels, p.max_image_pixels)
         if self.before is not None and p.preset.postprocess_before_inference != self.before:
             p.preset = dataclasses.replace(p.preset, postprocess_before_inference=self.before)
 
     def __exit__(self, *exc: object) -> None:
         if self.predictor is not None:
-            self.predictor.precision, self.predictor.preset = self.saved
+            self.predictor.precision, self.predictor.preset, self.predictor.max_output_pixels = self.saved
 
 
 # ---------------------------------------------------------------------------------------------- per image
