@@ -220,6 +220,15 @@ def test_resume_recomputes_only_the_missing_image(setup, first_run, monkeypatch,
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["ADE_val_00000001.json",
                                                                        "ADE_val_00000001_sem.png"]
     assert setup["predictor"].precision == "fp32"  # restored after the run
+    # the interactive output-size cap does not apply to evaluation: predictions stay at full resolution
+    saved = setup["predictor"].max_output_pixels
+    setup["predictor"].max_output_pixels = 100  # smaller than the 20x28 test images
+    try:
+        capped = run_evaluation(setup["predictor"], dataset, tasks=["semantic"], output_dir=out, limit=1,
+                                resume=False, progress=False)
+    finally:
+        setup["predictor"].max_output_pixels = saved
+    assert capped["metrics"] == third["metrics"]
 
 
 def test_gt_masks_mode(setup, monkeypatch, capsys):
