@@ -228,7 +228,7 @@ class Sample:
     def _load_panoptic(self, size: Optional[tuple[int, int]]) -> torch.Tensor:
         if self.panoptic_path is None:
             raise ValueError(f"image {self.image_id} has no panoptic annotation")
-        ids = rgb_to_id(_read_array(self.panoptic_path))
+        ids = rgb_to_id(read_array(self.panoptic_path))
         _check_size(ids.shape, size, self.panoptic_path, self.image_path)
         return torch.from_numpy(ids)
 
@@ -507,7 +507,8 @@ def _load_coco_panoptic(spec: DatasetSpec, root: Path, image_dir: Path, vocab: V
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-def _read_array(path: Path) -> np.ndarray:
+def read_array(path: Path) -> np.ndarray:
+    """Pixel array of an image or label file as stored (PNG/TIFF/JPEG); ValueError naming the file otherwise."""
     from PIL import Image
 
     try:
@@ -519,7 +520,7 @@ def _read_array(path: Path) -> np.ndarray:
 
 def _read_label_map(path: Path) -> np.ndarray:
     """A single-channel label map (8- or 16-bit PNG/TIFF; palette PNGs give their indices)."""
-    labels = _read_array(path)
+    labels = read_array(path)
     if labels.ndim != 2:
         raise ValueError(f"label map {path} must have one channel (a class index per pixel), got shape "
                          f"{labels.shape}")

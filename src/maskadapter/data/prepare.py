@@ -60,7 +60,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .datasets import DATASETS, id_to_rgb, rgb_to_id, vocabulary_ids
+from .datasets import DATASETS, id_to_rgb, read_array, rgb_to_id, vocabulary_ids
 from .vocabularies import builtin_vocabulary
 
 __all__ = [
@@ -229,16 +229,6 @@ def read_ade_instance_mapping(path: PathLike) -> dict[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _read(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.array(im)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from exc
-
-
 def _write(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -305,7 +295,7 @@ def _prepare_ade20k_150(raw: Path, out: Path, mapping: Optional[PathLike], **_: 
     _require(labels, "ADE20K-150 annotations")
     for image, label in zip(_progress(images, "ade20k-150"), labels):
         _place(image, dst / "images" / "validation" / image.name)
-        _write(convert_ade20k_150_labels(_read(label)), dst / "annotations_detectron2" / "validation" / label.name)
+        _write(convert_ade20k_150_labels(read_array(label)), dst / "annotations_detectron2" / "validation" / label.name)
     counts = {"images": len(images), "semantic": len(images)}
     instance_dir = src / "annotations_instance" / "validation"
     if mapping is None:
@@ -331,8 +321,8 @@ def _prepare_ade20k_panoptic(src: Path, dst: Path, images: list[Path], ins_map: 
     pan_images, pan_anns, ins_anns = [], [], []
     for image in _progress(images, "ade20k panoptic"):
         stem = image.stem
-        sem = _read(src / "annotations" / "validation" / f"{stem}.png").astype(np.int64) - 1  # -1 = unlabelled
-        ins = _read(src / "annotations_instance" / "validation" / f"{stem}.png")
+        sem = read_array(src / "annotations" / "validation" / f"{stem}.png").astype(np.int64) - 1  # -1 = unlabelled
+        ins = read_array(src / "annotations_instance" / "validation" / f"{stem}.png")
         if ins.ndim != 3 or ins.shape[:2] != sem.shape:
             raise ValueError(f"instance annotation of {stem} must be RGB of the semantic map's size")
         h, w = sem.shape
@@ -401,7 +391,7 @@ def _prepare_ade20k_847(raw: Path, out: Path, mapping: Optional[PathLike], **_: 
     _require(segs, "ADE20K-full _seg.png files")
     dst = out / "ADE20K_2021_17_01"
     for image, seg in zip(_progress(images, "ade20k-847"), segs):
-        rgb, labels = _read(image), convert_ade20k_full_labels(_read(seg), id_map)
+        rgb, labels = read_array(image), convert_ade20k_full_labels(read_array(seg), id_map)
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[..., None], 3, axis=2)
         if rgb.shape[:2] != labels.shape:
@@ -459,7 +449,7 @@ def _prepare_pascal_voc(raw: Path, out: Path, split_file: Optional[PathLike], **
     _require(labels, "VOC2012 SegmentationClass maps")
     dst = out / "pascal_voc_d2"
     for image, label in zip(_progress(images, "pascal-voc"), labels):
-        raw_labels = _read(label)  # palette PNG: the array holds the class indices
+        raw_labels = read_array(label)  # palette PNG: the array holds the class indices
         _place(image, dst / "images" / "validation" / image.name)
         _write(raw_labels.astype(np.uint8), dst / "annotations_pascal21" / "validation" / label.name)
         _write(convert_voc20_labels(raw_labels), dst / "annotations_pascal20" / "validation" / label.name)
@@ -477,7 +467,7 @@ def _prepare_coco_stuff(raw: Path, out: Path, **_: object) -> dict[str, int]:
     written = 0
     for image, label in zip(_progress(images, "coco-stuff"), maps):
         _place(image, dst / "val2017" / image.name)
-        converted = convert_coco_stuff_labels(_read(label))
+        converted = convert_coco_stuff_labels(read_array(label))
         if (converted == 255).all():  # as the official script: no map for an all-unlabelled image
             continue
         _write(converted, dst / "stuffthingmaps_detectron2" / "val2017" / label.name)
@@ -524,7 +514,7 @@ def _prepare_coco_panoptic(raw: Path, out: Path, **_: object) -> dict[str, int]:
         pan = pan_dir / ann["file_name"]
         _place(src / "val2017" / file_of[ann["image_id"]], dst / "val2017" / file_of[ann["image_id"]])
         _place(pan, dst / "panoptic_val2017" / pan.name)
-        semantic = panoptic_to_semantic(rgb_to_id(_read(pan)), ann["segments_info"], category_map)
+        semantic = panoptic_to_semantic(rgb_to_id(read_array(pan)), ann["segments_info"], category_map)
         _write(semantic, dst / "panoptic_semseg_val2017" / pan.name)
     _place(pan_json, dst / "annotations" / "panoptic_val2017.json")
     instances = src / "annotations" / "instances_val2017.json"

@@ -47,6 +47,17 @@ def as_int_array(x: Any, name: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def as_map_pair(pred: Any, gt: Any, pred_name: str, gt_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """int64 maps [H, W] of a prediction and its ground truth; raises naming them if not 2-D of one shape."""
+    p = as_int_array(pred, pred_name)
+    g = as_int_array(gt, gt_name)
+    if p.ndim != 2:
+        raise ValueError(f"{pred_name} must have shape [H, W], got {list(p.shape)}")
+    if g.shape != p.shape:
+        raise ValueError(f"{gt_name} shape {list(g.shape)} differs from {pred_name} shape {list(p.shape)}")
+    return p, g
+
+
 def as_bool_vector(x: Optional[BoolLike], length: int, name: str) -> Optional[list[bool]]:
     """``x`` as a list of ``length`` bools (None stays None); 0/1 integers are accepted."""
     if x is None:

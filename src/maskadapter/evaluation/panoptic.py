@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .distributed import (ArrayLike, BoolLike, StatefulEvaluator, as_bool_vector, as_int_array)
+from .distributed import ArrayLike, BoolLike, StatefulEvaluator, as_bool_vector, as_map_pair
 
 __all__ = ["PanopticEvaluator", "OFFSET", "VOID"]
 
@@ -106,12 +106,7 @@ class PanopticEvaluator(StatefulEvaluator):
     def process(self, pred_panoptic: ArrayLike, pred_segments: Sequence[dict], gt_panoptic: ArrayLike,
                 gt_segments: Sequence[dict]) -> None:
         """Add one image: id maps [H, W] (0 = void) and their segments (``id``, ``category_id``[, ``iscrowd``])."""
-        pred = as_int_array(pred_panoptic, "pred_panoptic")
-        gt = as_int_array(gt_panoptic, "gt_panoptic")
-        if pred.ndim != 2:
-            raise ValueError(f"pred_panoptic must have shape [H, W], got {list(pred.shape)}")
-        if gt.shape != pred.shape:
-            raise ValueError(f"gt_panoptic shape {list(gt.shape)} differs from pred_panoptic {list(pred.shape)}")
+        pred, gt = as_map_pair(pred_panoptic, gt_panoptic, "pred_panoptic", "gt_panoptic")
         for name, arr in (("pred_panoptic", pred), ("gt_panoptic", gt)):
             if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= OFFSET):
                 raise ValueError(f"{name} ids must lie in [0, {OFFSET}), got {int(arr.min())}..{int(arr.max())}")

@@ -32,8 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .distributed import (ArrayLike, BoolLike, StatefulEvaluator, as_int_array,
-                          masked_mean)
+from .distributed import ArrayLike, BoolLike, StatefulEvaluator, as_map_pair, masked_mean
 
 __all__ = ["SemSegEvaluator"]
 
@@ -71,12 +70,7 @@ class SemSegEvaluator(StatefulEvaluator):
 
     def process(self, pred: ArrayLike, gt: ArrayLike) -> None:
         """Add one image: ``pred`` [H, W] class indices (negative = no prediction), ``gt`` [H, W] labels."""
-        p = as_int_array(pred, "pred")
-        g = as_int_array(gt, "gt")
-        if p.ndim != 2:
-            raise ValueError(f"pred must have shape [H, W], got {list(p.shape)}")
-        if g.shape != p.shape:
-            raise ValueError(f"gt shape {list(g.shape)} differs from pred shape {list(p.shape)}")
+        p, g = as_map_pair(pred, gt, "pred", "gt")
         C = self.num_classes
         if p.size and int(p.max()) >= C:
             raise ValueError(f"pred has class index {int(p.max())} >= num_classes={C}")
