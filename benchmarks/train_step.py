@@ -38,7 +38,7 @@ class _Boxes(torch.utils.data.Dataset):
     """Random images with a grid of rectangular GT masks (4 x 5 cells)."""
 
     def __init__(self, size: int, n: int) -> None:
-        from maskadapter.modeling.text import Vocabulary
+        from maskadapter.vocabulary import Vocabulary
 
         self.size, self.n = size, n
         self.vocabulary = Vocabulary.from_classes([f"class {i}" for i in range(24)])

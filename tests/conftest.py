@@ -40,6 +40,13 @@ def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torc
     return module
 
 
+@pytest.fixture(autouse=True)
+def _isolated_user_cache(tmp_path_factory, monkeypatch):
+    """Every default cache (text embeddings, evaluation outputs) goes to a fresh folder, never ~/.cache."""
+    monkeypatch.setenv("MASKADAPTER_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+    monkeypatch.delenv("MASKADAPTER_TEXT_CACHE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> MaskAdapterModel:
     torch.manual_seed(0)

@@ -83,7 +83,7 @@ def test_code_running_pickle_is_refused_not_executed(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="refused to load"):
         read_state_dict(path)
     assert not marker.exists()
-    assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 1
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 2
     assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
     with open(path, "rb"):  # the file really is malicious: a plain unpickler runs the payload
         torch.load(path, weights_only=False)

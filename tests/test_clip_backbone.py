@@ -131,10 +131,6 @@ def test_bad_images(backbone):
         backbone(torch.randn(1, 3, 64, 70))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         backbone(torch.randn(3, 64, 64))
-    with pytest.raises(ValueError, match="NaN"):
-        backbone(torch.full((1, 3, 64, 64), float("nan")))
-    with pytest.raises(ValueError, match="raw contains NaN"):
-        backbone.project_dense(torch.full((1, 320, 2, 2), float("inf")))
 
 
 def test_encode_text_truncation_equals_open_clip_full_length(backbone):

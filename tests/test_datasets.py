@@ -412,7 +412,6 @@ def test_custom_dataset(tmp_path):
 
 
 def test_prepare_cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_COMMAND_MODULES", ("cli_eval", "cli_prepare"))
     raw, mapping, _ = make_raw_ade(tmp_path / "raw", n=1)
     out = tmp_path / "root"
     assert cli.main(["prepare", "ade20k-150", "--raw", str(tmp_path / "raw"), "--out", str(out),

@@ -24,10 +24,10 @@ from maskadapter.cli import main
 from maskadapter.data.vocabularies import builtin_vocabulary
 from maskadapter.demo import (READY_VOCABULARIES, TABLE_HEADERS, make_example_images, require_gradio,
                               segment_request, vocabulary_text)
-from maskadapter.export import label_map_image, overlay_image
+from maskadapter.inference.writers import label_map_image, overlay_image
 from maskadapter.inference.predictor import Predictor
 from maskadapter.modeling.build import build_model
-from maskadapter.modeling.text import Vocabulary
+from maskadapter.vocabulary import Vocabulary
 
 from conftest import tiny_architecture, tiny_preset
 from conftest import write_tiny_preset
@@ -62,7 +62,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def predictor(model):
-    return Predictor(model, tiny_preset(), precision="fp32")
+    return Predictor(model, tiny_preset(), precision="fp32", text_cache_dir=False)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,6 @@ def test_missing_gradio_says_how_to_install(monkeypatch, capsys):
         require_gradio()
     predictor = type("Stub", (), {"predict": lambda self, *a, **k: pytest.fail("not reached")})()
     assert segment_request(predictor, None, "cat", "semantic")[4].startswith("error: no image")  # no gradio needed
-    monkeypatch.setattr(maskadapter.cli, "_COMMAND_MODULES", ("cli_demo",))
     assert main(["demo", "--preset", "fcclip-large", "--device", "cpu"]) == 1
     assert "pip install 'maskadapter[demo]'" in capsys.readouterr().err
 
@@ -272,7 +271,7 @@ def preset_files(tmp_path_factory):
 
 def test_cli_demo_loads_model_once_then_launches(preset_files, tmp_path, monkeypatch):
     gr = _gradio()
-    import maskadapter.cli_segment
+    import maskadapter.cli.demo
     import maskadapter.demo
 
     preset_file, weights = preset_files
@@ -281,13 +280,12 @@ def test_cli_demo_loads_model_once_then_launches(preset_files, tmp_path, monkeyp
     Image.new("RGB", (40, 30), (10, 200, 30)).save(examples / "green.jpg")
     (examples / "notes.txt").write_text("not an image")
     loads, built, launched = [], [], []
-    build_predictor, build_demo = maskadapter.cli_segment.build_predictor, maskadapter.demo.build_demo
-    monkeypatch.setattr(maskadapter.cli_segment, "build_predictor", lambda args: loads.append(args) or
+    build_predictor, build_demo = maskadapter.cli.demo.build_predictor, maskadapter.demo.build_demo
+    monkeypatch.setattr(maskadapter.cli.demo, "build_predictor", lambda args: loads.append(args) or
                         build_predictor(args))
     monkeypatch.setattr(maskadapter.demo, "build_demo", lambda p, examples=None: built.append((p, examples)) or
                         build_demo(p, examples=examples))
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append((self, kw)))
-    monkeypatch.setattr(maskadapter.cli, "_COMMAND_MODULES", ("cli_demo",))
     sigterm = signal.getsignal(signal.SIGTERM)
     code = main(["demo", "--preset", str(preset_file), "--weights", str(weights), "--port", "7999",
                  "--precision", "fp32", "--device", "cpu", "--examples", str(examples)])
@@ -312,7 +310,6 @@ def test_cli_demo_missing_weights_reported_at_start(monkeypatch, capsys):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("launched without a model"))
-    monkeypatch.setattr(maskadapter.cli, "_COMMAND_MODULES", ("cli_demo",))
     assert main(["demo", "--preset", "maftp-base", "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "maftp_convnext_base_maskadapter.pth" in err and "--weights PATH" in err
@@ -335,7 +332,7 @@ def served(model, tmp_path_factory):
 
     analytics = os.environ.get("GRADIO_ANALYTICS_ENABLED")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    predictor = Predictor(model, tiny_preset(), precision="fp32")
+    predictor = Predictor(model, tiny_preset(), precision="fp32", text_cache_dir=False)
     stats = {"active": 0, "max_active": 0, "calls": 0, "delay": 0.0, "ends": []}
     lock = threading.Lock()
     predict = predictor.predict

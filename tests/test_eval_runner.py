@@ -38,7 +38,7 @@ def make_raw_ade_from_predictions(raw, predictor, n=3, h=20, w=28):
     Each image: rows 0-1 'other' (ignored); elsewhere the predicted class, except a block labelled with the
     class the adapter gives that block in GT-mask mode (when it differs); the predicted panoptic segments of
     the thing classes (= the classes predicted anywhere) become the instances."""
-    from maskadapter.ground_truth import classify_ground_truth
+    from maskadapter.inference.ground_truth import classify_ground_truth
 
     vocab = builtin_vocabulary("ade20k_150")
     rng = np.random.default_rng(1)
@@ -96,7 +96,6 @@ def setup(tmp_path_factory):
 
 
 def run_cli(monkeypatch, args):
-    monkeypatch.setattr(cli, "_COMMAND_MODULES", ("cli_eval", "cli_prepare"))
     return cli.main(args)
 
 
@@ -219,16 +218,15 @@ def test_resume_recomputes_only_the_missing_image(setup, first_run, monkeypatch,
     assert list(third["metrics"]) == ["semantic"]
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["ADE_val_00000001.json",
                                                                        "ADE_val_00000001_sem.png"]
-    assert setup["predictor"].precision == "fp32"  # restored after the run
     # the interactive output-size cap does not apply to evaluation: predictions stay at full resolution
-    saved = setup["predictor"].max_output_pixels
-    setup["predictor"].max_output_pixels = 100  # smaller than the 20x28 test images
-    try:
-        capped = run_evaluation(setup["predictor"], dataset, tasks=["semantic"], output_dir=out, limit=1,
-                                resume=False, progress=False)
-    finally:
-        setup["predictor"].max_output_pixels = saved
+    capped_predictor = setup["predictor"].with_options(max_output_pixels=100, precision="bf16",
+                                                      postprocess_before_inference=False)  # 20x28 images
+    options = capped_predictor.options
+    capped = run_evaluation(capped_predictor, dataset, tasks=["semantic"], output_dir=out, limit=1,
+                            resume=False, progress=False)
     assert capped["metrics"] == third["metrics"]
+    assert capped_predictor.options is options  # the evaluation never changes the predictor it is given
+    assert setup["predictor"].options.precision == "fp32"
 
 
 def test_gt_masks_mode(setup, monkeypatch, capsys):
@@ -261,7 +259,7 @@ def test_gt_masks_mode(setup, monkeypatch, capsys):
     with pytest.raises(ValueError, match="gt_masks=True"):
         run_evaluation(model, dataset, output_dir=setup["base"] / "x")
     with pytest.raises(ValueError, match="tasks"):
-        run_evaluation(setup["predictor"], dataset, tasks=["panoptic"], output_dir=setup["base"] / "x", gt_masks=True)
+        run_evaluation(setup["predictor"], dataset, tasks=["depth"], output_dir=setup["base"] / "x", gt_masks=True)
 
 
 def test_custom_dataset_semantic_only(setup, monkeypatch, capsys):
@@ -289,8 +287,7 @@ def test_custom_dataset_semantic_only(setup, monkeypatch, capsys):
 
 def test_torchrun_two_processes_equal_one_process(setup, first_run):
     script = setup["base"] / "run_cli.py"
-    script.write_text("import sys\nimport maskadapter.cli as cli\n"
-                      "cli._COMMAND_MODULES = ('cli_eval', 'cli_prepare')\nsys.exit(cli.main(sys.argv[1:]))\n")
+    script.write_text("import sys\nimport maskadapter.cli as cli\nsys.exit(cli.main(sys.argv[1:]))\n")
     two = setup["base"] / "out-two"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

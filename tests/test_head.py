@@ -205,10 +205,6 @@ def test_bad_shapes(head, clip_shape, mask_shape, exc, words):
 def test_bad_values_and_types(head):
     clip = torch.randn(1, D, 4, 4)
     masks = torch.zeros(1, 2, 16, 16)
-    with pytest.raises(ValueError, match="dense_proj contains NaN"):
-        head(clip.clone().index_fill_(2, torch.tensor([1]), float("nan")), masks)
-    with pytest.raises(ValueError, match="masks contain NaN"):
-        head(clip, masks.clone().fill_(float("inf")))
     with pytest.raises(TypeError, match="masks must be a torch.Tensor"):
         head(clip, masks.numpy())
     with pytest.raises(ValueError, match="chunk_size"):

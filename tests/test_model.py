@@ -10,7 +10,9 @@ from PIL import Image
 
 from maskadapter import (MaskAdapterModel, activation_pool, classify_ground_truth, label_map_to_masks,
                          mask_embeddings)
-from maskadapter.preprocess import normalize_and_pad, to_rgb_tensor
+from maskadapter.images import to_rgb_tensor
+from maskadapter.modeling.text import classification_logits
+from maskadapter.inference.preprocess import normalize_and_pad
 
 
 def make_scene(h: int = 70, w: int = 90) -> tuple[np.ndarray, np.ndarray]:
@@ -38,10 +40,13 @@ def test_model_pipeline_matches_composed_functions(tiny_model):
                                tiny_model.backbone.project_pooled, 16)
     torch.testing.assert_close(emb, expected, rtol=1e-4, atol=1e-5)
     text = F.normalize(torch.randn(5, 32), dim=-1)
-    logits = tiny_model.classify(emb, text, [2, 1, 2])
-    assert logits.shape == (2, 4, 4)  # 3 classes + void
-    assert tiny_model.classify(emb, text, [2, 1, 2], with_void=False).shape == (2, 4, 3)
-    torch.testing.assert_close(logits[..., :3], tiny_model.classify(emb, text, [2, 1, 2], with_void=False))
+    logits, emb2 = tiny_model.classify_masks(feats, masks, text, [2, 1, 2], return_embeddings=True)
+    assert logits.shape == (2, 4, 4) and torch.equal(emb2, emb)  # 3 classes + void
+    no_void = tiny_model.classify_masks(feats, masks, text, [2, 1, 2], with_void=False)
+    assert no_void.shape == (2, 4, 3)
+    torch.testing.assert_close(logits[..., :3], no_void)
+    expected = classification_logits(emb, tiny_model.text_with_void(text), tiny_model.backbone.logit_scale, [2, 1, 2])
+    torch.testing.assert_close(logits, expected)
 
 
 def test_adapter_is_trainable_clip_is_not(tiny_model):
@@ -120,7 +125,8 @@ def test_head_config_must_match_clip():
 
 def test_zero_masks_flow_through_to_empty_logits(tiny_model):
     feats = tiny_model.dense_features(torch.randn(1, 3, 64, 64))
-    emb = tiny_model.embed_masks(feats, torch.zeros(1, 0, 16, 16, dtype=torch.bool))
+    empty = torch.zeros(1, 0, 16, 16, dtype=torch.bool)
+    emb = tiny_model.embed_masks(feats, empty)
     assert emb.shape == (1, 0, 32)
-    logits = tiny_model.classify(emb, F.normalize(torch.randn(3, 32), dim=-1), [1, 2])
+    logits = tiny_model.classify_masks(feats, empty, F.normalize(torch.randn(3, 32), dim=-1), [1, 2])
     assert logits.shape == (1, 0, 3)

@@ -13,8 +13,8 @@ from maskadapter.inference.postprocess import (
     category_overlap, geometric_ensemble, instance_inference, panoptic_inference, sem_seg_postprocess,
     semantic_inference,
 )
-from maskadapter.modeling.text import Vocabulary
-from maskadapter.preprocess import resize_longest_side, resized_shape
+from maskadapter.vocabulary import Vocabulary
+from maskadapter.inference.preprocess import resize_longest_side, resized_shape
 
 L = 12.0  # a mask logit whose sigmoid is ~1 (and -L ~0)
 

@@ -21,6 +21,8 @@ def test_explicit_choices():
     assert precision.resolve_precision("fp32", "cpu") == torch.float32
     assert precision.resolve_precision("bf16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="precision must be"):
+        precision.resolve_precision("fp64", "cpu")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         precision.resolve_precision("fp16", "cpu")
 
 

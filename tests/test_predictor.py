@@ -18,7 +18,8 @@ from maskadapter.inference import postprocess as pp
 from maskadapter.inference.predictor import Predictor
 from maskadapter.modeling.build import build_model
 from maskadapter.modeling.text import TextClassifier
-from maskadapter.preprocess import resize_longest_side, to_rgb_tensor
+from maskadapter.images import to_rgb_tensor
+from maskadapter.inference.preprocess import resize_longest_side
 from maskadapter.presets import PRESETS, get_preset, guess_preset
 
 from conftest import tiny_architecture, tiny_preset
@@ -44,7 +45,7 @@ def fcclip_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(fcclip_ckpt):
-    return Predictor.from_checkpoint(fcclip_ckpt, tiny_preset(), tiny_architecture(), precision="fp32")
+    return Predictor.from_checkpoint(fcclip_ckpt, tiny_preset(), tiny_architecture(), precision="fp32", text_cache_dir=False)
 
 
 def test_predict_end_to_end(predictor):
@@ -68,8 +69,9 @@ def test_predict_matches_the_pipeline_composed_by_hand(predictor):
     rgb = torch.from_numpy(scene()).permute(2, 0, 1)
     resized = resize_longest_side(rgb, preset.test_size)
     h, w = resized.shape[1:]
-    from maskadapter.preprocess import normalize_and_pad
-    from maskadapter.modeling.text import Vocabulary, append_void, classification_logits
+    from maskadapter.inference.preprocess import normalize_and_pad
+    from maskadapter.modeling.text import append_void, classification_logits
+    from maskadapter.vocabulary import Vocabulary
     from maskadapter.data.vocabularies import builtin_vocabulary
 
     images, _ = normalize_and_pad([resized])

@@ -100,6 +100,7 @@ class FakeText:
 
     def __init__(self, dim: int = 8, fingerprint: str = "model-a") -> None:
         self.dim, self.fingerprint, self.encoded, self.logit_scale = dim, fingerprint, [], torch.tensor(0.0)
+        self.embed_dim = dim
 
     def vector(self, prompt: str) -> torch.Tensor:
         gen = torch.Generator().manual_seed(sum(ord(c) * (i + 1) for i, c in enumerate(prompt)) + 7919 * sum(map(ord, self.fingerprint)))

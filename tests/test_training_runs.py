@@ -109,7 +109,7 @@ def test_two_processes_with_gloo_match_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "maskadapter.cli_train", "--config", str(path), "--output-dir", str(tmp_path / "ddp")],
+         "-m", "maskadapter", "train", "--config", str(path), "--output-dir", str(tmp_path / "ddp")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("finished test") == 1  # rank 0 reports
@@ -300,7 +300,6 @@ def test_stage1_fuse_stage2_export_round_trip(tmp_path):
 
 
 def test_cli_train_export_fuse(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(maskadapter.cli, "_COMMAND_MODULES", ("cli_train", "cli_fuse"))
     preset = write_tiny_preset(tmp_path / "tiny.json")
     out = tmp_path / "run"
     args = ["train", "--config", str(REPO / "configs" / "synthetic.yaml"), "--output-dir", str(out),

@@ -1,25 +1,54 @@
 """maskadapter: Mask-Adapter (CVPR 2025) for open-vocabulary segmentation in pure PyTorch.
 
-Heavy dependencies (open_clip) are imported only when a CLIP model is built.
+    from maskadapter import Predictor
+    p = Predictor.from_pretrained("fcclip-large")
+    result = p.predict("photo.jpg", vocabulary="cat, sofa|couch, window")
+
+The public names below are loaded on first use, so ``import maskadapter`` (and the command line's ``--help``)
+imports neither torch nor the model code.
 """
 
-from .checkpoint import (CheckpointError, UnsafeCheckpointError, convert_checkpoint, load_part,
-                         read_state_dict, save_safetensors, split_checkpoint)
-from .config import ClipConfig, HeadConfig
-from .ground_truth import GroundTruthResult, classify_ground_truth, label_map_to_masks
-from .modeling.clip_backbone import ClipBackbone
-from .modeling.head import MaskAdapterHead
-from .modeling.model import MaskAdapterModel
-from .modeling.pooling import activation_pool, mask_crop_embeddings, mask_embeddings, mask_pool
-from .modeling.text import VILD_TEMPLATES, TextClassifier, Vocabulary, append_void, classification_logits
-from .precision import resolve_precision
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError", "UnsafeCheckpointError", "convert_checkpoint", "load_part", "read_state_dict",
-    "save_safetensors", "split_checkpoint", "ClipConfig", "HeadConfig", "GroundTruthResult",
-    "classify_ground_truth", "label_map_to_masks", "ClipBackbone", "MaskAdapterHead", "MaskAdapterModel",
-    "activation_pool", "mask_crop_embeddings", "mask_embeddings", "mask_pool", "VILD_TEMPLATES",
-    "TextClassifier", "Vocabulary", "append_void", "classification_logits", "resolve_precision",
-]
+#: public name -> module (relative to this package) that defines it
+_EXPORTS: dict[str, str] = {
+    # inference
+    "Predictor": "inference.predictor", "SegmentationResult": "inference.predictor",
+    "MaskClassification": "inference.predictor", "InferenceOptions": "inference.options",
+    "GroundTruthResult": "inference.ground_truth", "classify_ground_truth": "inference.ground_truth",
+    # presets, vocabularies, precision
+    "PRESETS": "presets", "PresetConfig": "presets", "get_preset": "presets",
+    "Vocabulary": "vocabulary", "builtin_vocabulary": "data.vocabularies", "resolve_precision": "precision",
+    "label_map_to_masks": "data.transforms",
+    # building blocks
+    "ClipConfig": "config", "HeadConfig": "config", "ClipBackbone": "modeling.clip_backbone",
+    "MaskAdapterHead": "modeling.head", "MaskAdapterModel": "modeling.model", "build_model": "modeling.build",
+    "activation_pool": "modeling.pooling", "mask_crop_embeddings": "modeling.pooling",
+    "mask_embeddings": "modeling.pooling", "mask_pool": "modeling.pooling",
+    "VILD_TEMPLATES": "modeling.text", "TextClassifier": "modeling.text", "append_void": "modeling.text",
+    "classification_logits": "modeling.text",
+    # checkpoints and errors
+    "CheckpointError": "errors", "UnsafeCheckpointError": "errors", "WeightsUnavailableError": "errors",
+    "convert_checkpoint": "checkpoint", "load_part": "checkpoint", "read_state_dict": "checkpoint",
+    "save_safetensors": "checkpoint", "split_checkpoint": "checkpoint",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'maskadapter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -17,6 +17,8 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import nn
 
+from .errors import CheckpointError, UnsafeCheckpointError
+
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "OFFICIAL_PARTS", "SplitCheckpoint",
     "read_state_dict", "load_weights_only", "split_checkpoint", "load_part", "save_safetensors", "convert_checkpoint",
@@ -32,14 +34,6 @@ IGNORED_PREFIXES = ("criterion.", "backbone_t.")
 # Keys only the adapter has: a stage-1 file written before the official rename stored them under sem_seg_head.
 _ADAPTER_MARKERS = ("fuse.weight", "mask_downscaling.0.weight", "final.weight")
 _REPORT_LIMIT = 12
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message says what is wrong."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A pickle that would run code on load; it was refused, nothing in it was executed."""
 
 
 @dataclass

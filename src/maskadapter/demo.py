@@ -1,7 +1,7 @@
 """A local web page (gradio) to segment an image with any vocabulary: ``maskadapter demo``.
 
 The page adds nothing to the library: the same :class:`~maskadapter.inference.predictor.Predictor`, the same
-post-processing and the same writers (:mod:`maskadapter.export`) as ``maskadapter segment``. gradio is an
+post-processing and the same writers (:mod:`maskadapter.inference.writers`) as ``maskadapter segment``. gradio is an
 optional dependency (``pip install 'maskadapter[demo]'``), imported only by :func:`build_demo`;
 :func:`segment_request`, the function the page calls, needs no gradio and is tested directly.
 """
@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .data.vocabularies import builtin_vocabulary
-from .export import label_map_image, overlay_image, result_to_json
-from .modeling.text import Vocabulary
-from .preprocess import ImageInput, to_rgb_tensor
+from .images import ImageInput, to_rgb_tensor
+from .inference.writers import label_map_image, overlay_image, result_to_json
+from .vocabulary import Vocabulary
 
 __all__ = ["segment_request", "build_demo", "READY_VOCABULARIES", "vocabulary_text", "make_example_images",
            "TABLE_HEADERS", "DEMO_INSTALL_HINT", "require_gradio"]

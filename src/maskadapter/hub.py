@@ -7,15 +7,12 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+from .errors import WeightsUnavailableError
 from .presets import HUB_REPO, PresetConfig
 
 __all__ = ["WeightsUnavailableError", "resolve_weights"]
 
 logger = logging.getLogger(__name__)
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The weights of a preset could not be found locally nor downloaded."""
 
 
 def resolve_weights(preset: PresetConfig, weights: Optional[Union[str, os.PathLike]] = None,

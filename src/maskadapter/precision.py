@@ -1,4 +1,8 @@
-"""Numeric precision choice: fp32 everywhere, bf16 only where the hardware computes it natively."""
+"""Numeric precision: one vocabulary (``auto``, ``fp32``, ``bf16``, ``fp16``) for inference and training.
+
+``auto`` is bf16 where the hardware computes it natively and, on a CPU, measurably faster than fp32;
+fp32 elsewhere. ``fp16`` (CUDA only) is the official training AMP.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ __all__ = ["Precision", "cpu_isa", "describe_isa", "has_native_bf16", "cpu_bf16_
            "autocast"]
 
 logger = logging.getLogger(__name__)
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,10 +83,14 @@ def cpu_bf16_speedup() -> float:
 
 
 def resolve_precision(precision: str, device: Union[str, torch.device]) -> torch.dtype:
-    """Map ``auto`` / ``fp32`` / ``bf16`` to a dtype; ``auto`` is bf16 only where it is native (and, on a
-    CPU, measurably faster than fp32)."""
+    """Map ``auto`` / ``fp32`` / ``bf16`` / ``fp16`` to a dtype; ``auto`` is bf16 only where it is native (and,
+    on a CPU, measurably faster than fp32). ``fp16`` needs a CUDA device (ValueError elsewhere)."""
     if precision == "fp32":
         return torch.float32
+    if precision == "fp16":
+        if torch.device(device).type != "cuda":
+            raise ValueError(f"precision fp16 needs a CUDA device, got {device}; use bf16 or fp32")
+        return torch.float16
     if precision == "bf16":
         if not has_native_bf16(device):
             logger.warning("bf16 requested on %s without native bf16 support: expect it to be slower than fp32",
@@ -96,7 +104,7 @@ def resolve_precision(precision: str, device: Union[str, torch.device]) -> torch
                         "(%.2fx fp32); using fp32", cpu_bf16_speedup())
             return torch.float32
         return torch.bfloat16
-    raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
 
 
 @contextlib.contextmanager

@@ -42,7 +42,9 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..modeling.text import Vocabulary
+from ..constants import IMAGE_SUFFIXES, TASKS
+from ..images import to_rgb_tensor
+from ..vocabulary import Vocabulary
 from .vocabularies import _read_lines, builtin_vocabulary
 
 __all__ = [
@@ -53,8 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EVALUATIONS = ("semantic", "panoptic", "instance")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+EVALUATIONS = TASKS
 _MAX_LISTED = 20
 
 
@@ -197,8 +198,6 @@ class Sample:
 
     def load(self, what: Sequence[str] = ("semantic",)) -> Example:
         """Read the image and the ground truth of ``what`` (subset of ``EVALUATIONS``); sizes are checked."""
-        from ..preprocess import to_rgb_tensor
-
         image = to_rgb_tensor(self.image_path)
         size = (int(image.shape[1]), int(image.shape[2]))
         ex = Example(self.image_id, image)

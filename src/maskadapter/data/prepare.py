@@ -60,6 +60,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..constants import DATASET_NAMES
 from .datasets import DATASETS, id_to_rgb, read_array, rgb_to_id, vocabulary_ids
 from .vocabularies import builtin_vocabulary
 
@@ -72,8 +73,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PREPARE_TARGETS = ("ade20k-150", "ade20k-847", "pascal-context-59", "pascal-context-459", "pascal-voc-20",
-                   "pascal-voc-21", "coco-stuff", "coco-panoptic")
+PREPARE_TARGETS = DATASET_NAMES
 PathLike = Union[str, os.PathLike]
 
 # The 59 PASCAL-Context classes as ids of the 459-class label maps (1-based, ascending; both class lists are

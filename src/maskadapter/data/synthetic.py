@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..modeling.text import Vocabulary
+from ..vocabulary import Vocabulary
 
 if TYPE_CHECKING:
     from ..modeling.clip_backbone import ClipBackbone

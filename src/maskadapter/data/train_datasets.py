@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..ground_truth import label_map_to_masks
-from ..modeling.text import Vocabulary
-from ..preprocess import to_rgb_tensor
+from ..images import to_rgb_tensor
+from ..vocabulary import Vocabulary
+from .transforms import label_map_to_masks
 from .vocabularies import _read_lines, builtin_vocabulary
 
 __all__ = ["sample_generator", "CocoPanopticTrain", "CocoStuffTrain", "sample_gt_masks", "collate_masks",

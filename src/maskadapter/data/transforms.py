@@ -1,4 +1,4 @@
-"""Training augmentation: large-scale jitter (LSJ), as the official Mask-Adapter mappers build it (spec §4.1).
+"""Label-map helpers and training augmentation: large-scale jitter (LSJ), as the official Mask-Adapter mappers build it.
 
 Both official training mappers (``coco_panoptic_lsj`` and ``mask_former_semantic``, Mask-Adapter's copies)
 apply three detectron2 augmentations in this order:
@@ -26,7 +26,7 @@ gives the same masks as splitting the resized label map; the cropped window is g
 building the full resized map.
 
 Neither official mapper returns a padding mask (the padded region is only visible as ignore / empty mask
-pixels), so none is produced here either. Colour augmentation is off in the official configs (spec §4.1).
+pixels), so none is produced here either. Colour augmentation is off in the official configs.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-__all__ = ["LSJParams", "LargeScaleJitter", "resize_scale_shape", "fixed_size_crop_offset", "nearest_indices"]
+__all__ = ["LSJParams", "LargeScaleJitter", "resize_scale_shape", "fixed_size_crop_offset", "nearest_indices",
+           "label_map_to_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,3 +205,22 @@ class LargeScaleJitter:
         rows, cols = rows.to(x.device), cols.to(x.device)
         out[:, :rows.numel(), :cols.numel()] = x[:, rows][:, :, cols]
         return out
+
+
+def label_map_to_masks(label_map: torch.Tensor, num_classes: int,
+                       ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary masks [N, H, W] and class ids [N] (ascending) of the classes present in ``label_map`` [H, W]."""
+    if label_map.dim() != 2:
+        raise ValueError(f"label_map must have shape [H, W], got {list(label_map.shape)}")
+    if label_map.dtype.is_floating_point or label_map.dtype == torch.bool:
+        raise TypeError(f"label_map must be an integer tensor, got {label_map.dtype}")
+    labels = label_map.long()
+    valid = labels != ignore_index
+    bad = valid & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        values = sorted(int(v) for v in labels[bad].unique()[:10])
+        raise ValueError(f"label_map has {int(bad.sum())} pixels with labels outside 0..{num_classes - 1} "
+                         f"(and not the ignore index {ignore_index}): values {values}")
+    class_ids = labels[valid].unique()
+    masks = labels[None] == class_ids[:, None, None]
+    return masks, class_ids

@@ -7,7 +7,7 @@ from importlib import resources
 
 import torch
 
-from ..modeling.text import Vocabulary
+from ..vocabulary import Vocabulary
 
 __all__ = ["BUILTIN_VOCABULARIES", "builtin_vocabulary", "coco_thing_mask"]
 

@@ -7,7 +7,7 @@ processes or of an interrupted run combine exactly. :func:`reduce_evaluator` doe
 """
 
 from .classification import MaskClassificationEvaluator
-from .distributed import STATE_FORMAT, StatefulEvaluator, reduce_evaluator
+from .state import STATE_FORMAT, StatefulEvaluator, reduce_evaluator
 from .instance import InstanceEvaluator, encode_masks
 from .panoptic import OFFSET, VOID, PanopticEvaluator
 from .semantic import SemSegEvaluator

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .distributed import (ArrayLike, BoolLike, StatefulEvaluator, as_int_array)
+from .state import (ArrayLike, BoolLike, StatefulEvaluator, as_int_array)
 
 __all__ = ["MaskClassificationEvaluator"]
 

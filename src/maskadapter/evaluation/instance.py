@@ -33,7 +33,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
-from .distributed import (BoolLike, StatefulEvaluator, as_int_array)
+from .state import (BoolLike, StatefulEvaluator, as_int_array)
 
 __all__ = ["InstanceEvaluator", "encode_masks"]
 

@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .distributed import ArrayLike, BoolLike, StatefulEvaluator, as_bool_vector, as_map_pair
+from .state import ArrayLike, BoolLike, StatefulEvaluator, as_bool_vector, as_map_pair
 
 __all__ = ["PanopticEvaluator", "OFFSET", "VOID"]
 

@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .distributed import ArrayLike, BoolLike, StatefulEvaluator, as_map_pair, masked_mean
+from .state import ArrayLike, BoolLike, StatefulEvaluator, as_map_pair, masked_mean
 
 __all__ = ["SemSegEvaluator"]
 

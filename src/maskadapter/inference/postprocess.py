@@ -1,4 +1,4 @@
-"""Inference post-processing as pure functions (spec §3.1 step 5, §3.4): no module state, thresholds as arguments.
+"""Inference post-processing as pure functions (the official FC-CLIP / MAFT+ eval branch): thresholds as arguments.
 
 * :func:`category_overlap` - the "seen" mask of the geometric ensemble.
 * :func:`geometric_ensemble` - in-vocabulary x out-of-vocabulary class probabilities -> ``log(p + 1e-8)``.
@@ -14,7 +14,7 @@ in-vocab probabilities are used, and with beta = 1 they only drop out for unseen
 parameter is needed. The post-processing functions are line-for-line the same in both files.
 Differences that belong to the callers, not here:
 * MAFT+ produces panoptic/instance output only on ``openvocab_ade20k_panoptic_val``.
-* The presets use different thresholds (overlap 0.8 for FC-CLIP, 0.7 for MAFT+; spec §3.6).
+* The presets use different thresholds (overlap 0.8 for FC-CLIP, 0.7 for MAFT+).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..modeling.text import Vocabulary
+from ..vocabulary import Vocabulary
 
 __all__ = [
     "category_overlap", "geometric_ensemble", "sem_seg_postprocess", "semantic_inference",
-    "panoptic_inference", "instance_inference", "paint_masks",
+    "panoptic_inference", "instance_inference", "top_k_detections", "paint_masks",
 ]
 
 BoolLike = Union[torch.Tensor, Sequence[bool]]
@@ -58,7 +58,7 @@ def geometric_ensemble(
 ) -> torch.Tensor:
     """Ensembled class log-probabilities [B, Q, C+1] (void last) from logits [B, Q, C+1] and ``seen`` [C].
 
-    This follows the official eval branch (spec §3.1 step 5). Any leading dims are accepted, as long as
+    This follows the official eval branch. Any leading dims are accepted, as long as
     both logit tensors have the same shape. ``p_in`` and ``p_out`` are the softmaxes of the two heads
     without their void column. Seen classes use ``p_in^(1-alpha) * p_out^alpha`` and unseen classes use
     the same with ``beta``. The log of that is renormalised by a second softmax and scaled by
@@ -162,6 +162,7 @@ def panoptic_inference(
     is_thing: BoolLike,
     object_mask_threshold: float = 0.0,
     overlap_threshold: float = 0.8,
+    masks_are_probabilities: bool = False,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Panoptic map int32 [H, W] (0 = none, ids from 1) + segment dicts from mask_cls [Q, C+1], mask_pred [Q, H, W].
 
@@ -176,6 +177,8 @@ def panoptic_inference(
     * Stuff segments (``is_thing[c]`` False) of one class share the id of the first one kept.
     Each dict has the official keys ``id``, ``isthing`` and ``category_id``. We add ``score``, the
     query's class probability (the max over merged stuff queries), and ``area``, the pixels in the map.
+    ``masks_are_probabilities``: ``mask_pred`` holds 0-1 masks used as they are, without the sigmoid (the
+    official ground-truth-mask evaluation).
     """
     C = _check_cls_and_masks(mask_cls, mask_pred, has_void=True)
     thing = _as_bool_list(is_thing, C, "is_thing")
@@ -183,7 +186,7 @@ def panoptic_inference(
     scores, labels = F.softmax(mask_cls.to(mask_pred.dtype), dim=-1).max(-1)
     keep = labels.ne(C) & (scores > object_mask_threshold)
     cur_scores, cur_classes = scores[keep], labels[keep]
-    cur_masks = mask_pred[keep].sigmoid()
+    cur_masks = mask_pred[keep] if masks_are_probabilities else mask_pred[keep].sigmoid()
     panoptic_seg = torch.zeros((H, W), dtype=torch.int32, device=mask_pred.device)
     K = cur_masks.shape[0]
     if K == 0:
@@ -239,23 +242,31 @@ def instance_inference(
     clamped to Q*C, where the official topk would raise. Scores have ``mask_pred``'s dtype, and the mask
     mean is computed in at least float32 so that large fp16 masks cannot overflow.
     """
-    C = _check_cls_and_masks(mask_cls, mask_pred, has_void=True)
-    if int(top_k) < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    Q = mask_cls.shape[0]
+    _check_cls_and_masks(mask_cls, mask_pred, has_void=True)
     probs = F.softmax(mask_cls.to(mask_pred.dtype), dim=-1)[:, :-1]
-    scores, flat_index = probs.flatten().topk(min(int(top_k), Q * C), sorted=True)
-    classes = flat_index % C
-    logits = mask_pred[flat_index // C]
-    if is_thing is not None:
-        thing = torch.tensor(_as_bool_list(is_thing, C, "is_thing"), dtype=torch.bool, device=classes.device)
-        keep = thing[classes]
-        scores, classes, logits = scores[keep], classes[keep], logits[keep]
+    scores, classes, queries = top_k_detections(probs, is_thing, top_k)
+    logits = mask_pred[queries]
     masks = logits > 0
     acc = torch.promote_types(logits.dtype, torch.float32)
     flat = masks.flatten(1).to(acc)
     mask_score = (logits.sigmoid().flatten(1).to(acc) * flat).sum(1) / (flat.sum(1) + 1e-6)
     return {"masks": masks, "scores": (scores.to(acc) * mask_score).to(mask_pred.dtype), "classes": classes}
+
+
+def top_k_detections(class_scores: torch.Tensor, is_thing: Optional[BoolLike], top_k: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``top_k`` best (query, class) pairs of ``class_scores`` [Q, C] over all Q*C, sorted descending
+    (ties in topk's order), then only thing classes when ``is_thing`` [C] is given -> scores, classes, queries."""
+    if int(top_k) < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    Q, C = class_scores.shape
+    scores, flat_index = class_scores.flatten().topk(min(int(top_k), Q * C), sorted=True)
+    classes, queries = flat_index % C, flat_index // C
+    if is_thing is not None:
+        thing = torch.tensor(_as_bool_list(is_thing, C, "is_thing"), dtype=torch.bool, device=classes.device)
+        keep = thing[classes]
+        scores, classes, queries = scores[keep], classes[keep], queries[keep]
+    return scores, classes, queries
 
 
 def paint_masks(masks: torch.Tensor, labels: torch.Tensor, background: int = -1) -> torch.Tensor:

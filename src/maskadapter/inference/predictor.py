@@ -9,34 +9,40 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, read_state_dict
+from ..constants import TASKS
 from ..data.vocabularies import builtin_vocabulary, coco_thing_mask
 from ..hub import resolve_weights
-from ..modeling.build import ArchitectureConfig, build_model
+from ..images import ImageInput, to_rgb_tensor
+from ..modeling.build import ArchitectureConfig, build_model, load_preset
 from ..modeling.generators.sam import MaskProposer
 from ..modeling.model import MaskAdapterModel
-from ..modeling.text import TextClassifier, Vocabulary, append_void, classification_logits
-from ..precision import autocast
-from ..presets import PresetConfig, get_preset, guess_preset
-from ..preprocess import ImageInput, normalize_and_pad, resize_longest_side, to_rgb_tensor
+from ..modeling.text import TextClassifier, resolve_text_cache_dir
+from ..precision import autocast, resolve_precision
+from ..presets import PresetConfig, guess_preset
+from ..vocabulary import Vocabulary, VocabularyLike
 from . import postprocess as pp
+from .classify import classify_image_masks
+from .options import InferenceOptions
+from .preprocess import prepare_image
 
 __all__ = ["Predictor", "SegmentationResult", "MaskClassification", "TASKS"]
 
 logger = logging.getLogger(__name__)
-TASKS = ("semantic", "panoptic", "instance")
 Things = Optional[Union[Sequence[str], Sequence[bool], torch.Tensor]]
+TextCache = Union[str, os.PathLike, None, bool]
 
 
 @dataclass
@@ -49,6 +55,7 @@ class SegmentationResult:
     panoptic: Optional[torch.Tensor] = None  #: [H, W] int32 segment id, 0 = no segment
     segments: list[dict] = field(default_factory=list)  #: id, category_id, label, isthing, score, area
     instances: Optional[dict[str, torch.Tensor]] = None  #: masks [K, H, W] bool, scores [K], classes [K]
+    input_size: Optional[tuple[int, int]] = None  #: (H, W) of the input image (differs when downscaled)
 
     @property
     def class_names(self) -> list[str]:
@@ -68,60 +75,56 @@ class MaskClassification:
 
 
 class Predictor:
-    """Runs a :class:`MaskAdapterModel` with a preset's constants; text embeddings are cached per vocabulary."""
+    """Runs a :class:`MaskAdapterModel` with a preset's constants and frozen :class:`InferenceOptions`.
+
+    ``text_cache_dir``: where text embeddings persist across runs - None (default): the user cache
+    (``$MASKADAPTER_TEXT_CACHE`` or ``~/.cache/maskadapter/text``), a folder, or False for memory only.
+    Option keywords (``precision=``, ``max_image_pixels=``, ...) may be given instead of ``options``.
+    """
 
     def __init__(
         self,
         model: MaskAdapterModel,
         preset: Union[str, PresetConfig],
         device: Union[str, torch.device] = "cpu",
-        precision: str = "auto",
-        text_cache_dir: Optional[Union[str, os.PathLike]] = None,
+        options: Optional[InferenceOptions] = None,
+        text_cache_dir: TextCache = None,
         mask_generator: Optional[MaskProposer] = None,
-        max_image_pixels: int = 100_000_000,
-        max_output_pixels: int = 4_000_000,
+        text_classifier: Optional[TextClassifier] = None,
+        **option_values: Any,
     ) -> None:
-        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.preset = load_preset(preset)[0] if isinstance(preset, str) else preset
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.precision = precision
+        self.options = (options or InferenceOptions()).replace(**option_values)
         self.mask_generator = mask_generator
-        self.max_image_pixels = max_image_pixels
-        self.max_output_pixels = max_output_pixels
         if mask_generator is None and model.sem_seg_head is None:
             raise ValueError("the model has no mask generator (sem_seg_head): pass mask_generator= (e.g. SAM) "
                              "or use classify_masks()")
-        self.text_classifier = TextClassifier(model.backbone, cache_dir=text_cache_dir)
+        self.text_classifier = text_classifier or TextClassifier(model.backbone,
+                                                                 cache_dir=resolve_text_cache_dir(text_cache_dir))
         self._train_vocabulary = builtin_vocabulary(self.preset.train_vocabulary)
+        self._seen: dict[Vocabulary, torch.Tensor] = {}  # shared by with_options copies
         #: seconds per stage of the last call (preprocess, text, backbone, generator, adapter, postprocess)
         self.timings: dict[str, float] = {}
 
-    @contextlib.contextmanager
-    def _stage(self, name: str):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, preset: str = "fcclip-large", cache_dir: Optional[str] = None,
-                        **kwargs: object) -> "Predictor":
-        """Download (once) and load the released weights of ``preset``."""
-        config = get_preset(preset)
-        return cls.from_checkpoint(resolve_weights(config, cache_dir=cache_dir), config, **kwargs)
+    def from_pretrained(cls, preset: Union[str, PresetConfig] = "fcclip-large", cache_dir: Optional[str] = None,
+                        **kwargs: Any) -> "Predictor":
+        """Download (once) and load the released weights of ``preset`` (a name or a preset JSON file)."""
+        config, architecture = load_preset(preset)
+        return cls.from_checkpoint(resolve_weights(config, cache_dir=cache_dir), config, architecture, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], preset: Union[str, PresetConfig],
-                        architecture: Optional[ArchitectureConfig] = None, **kwargs: object) -> "Predictor":
-        """Load an official-layout checkpoint (``.pth`` or safetensors) for ``preset``; a checkpoint of another
-        preset is refused with a message naming the preset it fits."""
-        config = get_preset(preset) if isinstance(preset, str) else preset
+                        architecture: Optional[ArchitectureConfig] = None, **kwargs: Any) -> "Predictor":
+        """Load an official-layout checkpoint (``.pth`` or safetensors) for ``preset`` (a preset name, a preset
+        JSON file or a :class:`PresetConfig`); a checkpoint of another preset is refused with a message
+        naming the preset it fits."""
+        config, file_architecture = load_preset(preset)
         state = read_state_dict(path)
-        model = build_model(config, architecture)
+        model = build_model(config, architecture or file_architecture)
         try:
             model.load_official(state)
         except CheckpointError as exc:
@@ -130,43 +133,145 @@ class Predictor:
             raise CheckpointError(f"{path} does not fit preset {config.name!r}.{hint}\n{exc}") from exc
         return cls(model, config, **kwargs)
 
+    def with_options(self, options: Optional[InferenceOptions] = None, **changes: Any) -> "Predictor":
+        """A predictor with other options that shares this one's model, text cache and mask generator; this
+        predictor is not changed."""
+        other = copy.copy(self)
+        other.options = (options or self.options).replace(**changes)
+        other.timings = {}
+        return other
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def precision(self) -> str:
+        """The requested precision (``auto``, ``fp32``, ``bf16``, ``fp16``)."""
+        return self.options.precision
+
+    @property
+    def resolved_precision(self) -> str:
+        """What the requested precision means on this device: ``fp32``, ``bf16`` or ``fp16``."""
+        dtype = resolve_precision(self.options.precision, self.device)
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+    @property
+    def max_image_pixels(self) -> int:
+        """Images with more pixels are refused."""
+        return self.options.max_image_pixels
+
+    @property
+    def postprocess_before_inference(self) -> bool:
+        """Whether mask logits are resized to the output size before semantic inference."""
+        before = self.options.postprocess_before_inference
+        return self.preset.postprocess_before_inference if before is None else before
+
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
-    def predict(self, image: ImageInput, vocabulary: Union[Vocabulary, str, Sequence[str]],
-                tasks: Sequence[str] = TASKS, things: Things = None) -> SegmentationResult:
+    def predict(self, image: ImageInput, vocabulary: VocabularyLike, tasks: Sequence[str] = TASKS,
+                things: Things = None) -> SegmentationResult:
         """Segment ``image`` (path, PIL, HxWx3 uint8 array or [3, H, W] uint8 tensor) into ``vocabulary``.
 
         ``things`` marks which classes get one panoptic segment per instance (class names or a bool per
         class); by default a class is a thing when it shares a synonym with a COCO thing class.
         """
         vocab = Vocabulary.coerce(vocabulary)
-        tasks = _check_tasks(tasks)
+        tasks = check_tasks(tasks)
+        is_thing = self.things_mask(vocab, things)
         self.timings = {}
         with self._stage("preprocess"):
             rgb = self._load(image)
         if self.mask_generator is not None:
             return self._predict_with_proposals(rgb, vocab, tasks)
-        is_thing = self._things(vocab, things)
         with self._stage("preprocess"):
-            images, (h, w), out_size = self._prepare(rgb)
+            images, size = prepare_image(rgb, self.preset.test_size, self.preset.size_divisibility, self.device)
         with self._stage("text"):
             text = self.text_classifier(vocab).to(self.device)
         mask_cls, mask_pred = self._run_generator(images, text, vocab)
         with self._stage("postprocess"):
-            return self._postprocess(vocab, tasks, is_thing, mask_cls, mask_pred, (h, w), out_size)
+            result = self._postprocess(vocab, tasks, is_thing, mask_cls, mask_pred, size, self._output_size(rgb))
+        result.input_size = (int(rgb.shape[1]), int(rgb.shape[2]))
+        return result
+
+    @torch.no_grad()
+    def classify_masks(self, image: ImageInput, masks: Union[torch.Tensor, np.ndarray],
+                       vocabulary: VocabularyLike) -> MaskClassification:
+        """Classify ``masks`` [N, H, W] (bool or 0-1 float, at the image's size) with the adapter alone."""
+        vocab = Vocabulary.coerce(vocabulary)
+        self.timings = {}
+        with self._stage("preprocess"):
+            rgb = self._load(image)
+            masks = _as_mask_tensor(masks, tuple(rgb.shape[-2:]))
+        return self._classify(rgb, masks, vocab)
+
+    # ------------------------------------------------------------------ steps
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        sync = self.options.sync_timings and self.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if sync:
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def _load(self, image: ImageInput) -> torch.Tensor:
+        return to_rgb_tensor(image, max_pixels=self.options.max_image_pixels)
+
+    def _output_size(self, rgb: torch.Tensor) -> tuple[int, int]:
+        H0, W0 = int(rgb.shape[1]), int(rgb.shape[2])
+        cap = self.options.max_output_pixels
+        if cap is None or H0 * W0 <= cap:
+            return H0, W0
+        scale = math.sqrt(cap / (H0 * W0))
+        out = (max(1, int(H0 * scale)), max(1, int(W0 * scale)))
+        logger.warning("output maps downscaled from %dx%d to %dx%d (max_output_pixels=%d)",
+                       W0, H0, out[1], out[0], cap)
+        return out
+
+    def _classify(self, rgb: torch.Tensor, masks: torch.Tensor, vocab: Vocabulary) -> MaskClassification:
+        with self._stage("text"):
+            text = self.text_classifier(vocab)
+        with self._stage("adapter"):
+            if masks.shape[0]:
+                logits = classify_image_masks(self.model, rgb, masks, text, vocab.num_synonyms, with_void=False,
+                                              resize=self.preset.test_size, precision=self.options.precision).cpu()
+            else:
+                logits = torch.zeros((0, len(vocab)))
+        with self._stage("postprocess"):
+            probs = logits.softmax(-1)
+            scores, labels = probs.max(-1) if logits.numel() else (probs.new_zeros(0), probs.new_zeros(0).long())
+            semantic = pp.paint_masks(masks.bool().cpu(), labels)
+        return MaskClassification(vocab, logits, labels, scores, semantic)
+
+    def _run_generator(self, images: torch.Tensor, text: torch.Tensor, vocab: Vocabulary
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ensembled class log-probs [Q, C+1] and mask logits [Q, H, W] at the padded input size."""
+        model = self.model
+        with autocast(self.options.precision, self.device):
+            with self._stage("backbone"):
+                feats = model.dense_features(images)
+            with self._stage("generator"):
+                out = model.sem_seg_head(feats, model.text_with_void(text), vocab.num_synonyms)
+            with self._stage("adapter"):
+                binary = out["pred_masks"].sigmoid() > self.preset.mask_threshold
+                out_logits = model.classify_masks(feats, binary, text, vocab.num_synonyms, with_void=True)
+        mask_cls = pp.geometric_ensemble(out["pred_logits"].float(), out_logits, self._seen_mask(vocab),
+                                         self.preset.alpha, self.preset.beta)
+        mask_pred = F.interpolate(out["pred_masks"].float(), size=images.shape[-2:], mode="bilinear",
+                                  align_corners=False)
+        return mask_cls[0], mask_pred[0]
 
     def _postprocess(self, vocab: Vocabulary, tasks: tuple[str, ...], is_thing: torch.Tensor,
                      mask_cls: torch.Tensor, mask_pred: torch.Tensor, size: tuple[int, int],
                      out_size: tuple[int, int]) -> SegmentationResult:
         """Semantic / panoptic / instance outputs at ``out_size`` from [Q, C+1] log-probs and [Q, H, W] logits."""
-        h, w = size
         result = SegmentationResult(vocab, out_size)
         mask_full = None
-        if "semantic" in tasks and not self.preset.postprocess_before_inference:
+        if "semantic" in tasks and not self.postprocess_before_inference:
             sem = pp.semantic_inference(mask_cls, mask_pred)
-            result.semantic = pp.sem_seg_postprocess(sem, (h, w), *out_size).argmax(0)
+            result.semantic = pp.sem_seg_postprocess(sem, size, *out_size).argmax(0)
         if ("semantic" in tasks and result.semantic is None) or "panoptic" in tasks or "instance" in tasks:
-            mask_full = pp.sem_seg_postprocess(mask_pred, (h, w), *out_size)
+            mask_full = pp.sem_seg_postprocess(mask_pred, size, *out_size)
             mask_cls = mask_cls.to(mask_full.dtype)
         if "semantic" in tasks and result.semantic is None:
             result.semantic = pp.semantic_inference(mask_cls, mask_full).argmax(0)
@@ -178,83 +283,13 @@ class Predictor:
             result.instances = pp.instance_inference(mask_cls, mask_full, is_thing, self.preset.detections_per_image)
         return result
 
-    @torch.no_grad()
-    def classify_masks(self, image: ImageInput, masks: Union[torch.Tensor, np.ndarray],
-                       vocabulary: Union[Vocabulary, str, Sequence[str]]) -> MaskClassification:
-        """Classify ``masks`` [N, H, W] (bool or 0-1 float, at the image's size) with the adapter alone."""
-        vocab = Vocabulary.coerce(vocabulary)
-        rgb = self._load(image)
-        masks = torch.as_tensor(np.asarray(masks)) if not isinstance(masks, torch.Tensor) else masks
-        if masks.dim() != 3 or tuple(masks.shape[-2:]) != tuple(rgb.shape[-2:]):
-            raise ValueError(f"masks must have shape [N, {rgb.shape[1]}, {rgb.shape[2]}] (the image size), "
-                             f"got {list(masks.shape)}")
-        images, (h, w), _ = self._prepare(rgb)
-        text = self.text_classifier(vocab).to(self.device)
-        resized = F.interpolate(masks[None].float().to(self.device), size=(h, w), mode="bilinear",
-                                align_corners=False)
-        padded = F.pad(resized, (0, images.shape[-1] - w, 0, images.shape[-2] - h))
-        with autocast(self.precision, self.device):
-            feats = self.model.dense_features(images)
-            emb = self.model.embed_masks(feats, padded)
-            adapter_text = self.model.adapter_text(feats, text)
-        logits = classification_logits(emb.float(), adapter_text.float(), self.model.backbone.logit_scale,
-                                       vocab.num_synonyms)[0].cpu()
-        probs = logits.softmax(-1) if logits.numel() else logits
-        scores, labels = probs.max(-1) if logits.numel() else (probs.new_zeros(0), probs.new_zeros(0).long())
-        semantic = pp.paint_masks(masks.bool().cpu(), labels)
-        return MaskClassification(vocab, logits, labels, scores, semantic)
-
-    # ------------------------------------------------------------------ steps
-    def _load(self, image: ImageInput) -> torch.Tensor:
-        rgb = to_rgb_tensor(image)
-        pixels = int(rgb.shape[1]) * int(rgb.shape[2])
-        if pixels > self.max_image_pixels:
-            raise ValueError(f"image of {rgb.shape[2]}x{rgb.shape[1]} = {pixels} pixels is over the limit of "
-                             f"{self.max_image_pixels} pixels (Predictor(max_image_pixels=...)); downscale it first")
-        return rgb
-
-    def _prepare(self, rgb: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-        """Resized, normalised, padded batch [1, 3, H, W]; the resized size (h, w); the output size."""
-        resized = resize_longest_side(rgb, self.preset.test_size)
-        images, sizes = normalize_and_pad([resized.to(self.device)], self.preset.size_divisibility)
-        H0, W0 = int(rgb.shape[1]), int(rgb.shape[2])
-        if H0 * W0 > self.max_output_pixels:
-            scale = math.sqrt(self.max_output_pixels / (H0 * W0))
-            out = (max(1, int(H0 * scale)), max(1, int(W0 * scale)))
-            logger.warning("output maps downscaled from %dx%d to %dx%d (max_output_pixels=%d)",
-                           W0, H0, out[1], out[0], self.max_output_pixels)
-        else:
-            out = (H0, W0)
-        return images, sizes[0], out
-
-    def _run_generator(self, images: torch.Tensor, text: torch.Tensor, vocab: Vocabulary
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ensembled class log-probs [Q, C+1] and mask logits [Q, H, W] at the padded input size."""
-        text_void = append_void(text, self.model.void_embedding.weight)
-        with autocast(self.precision, self.device):
-            with self._stage("backbone"):
-                feats = self.model.dense_features(images)
-            with self._stage("generator"):
-                out = self.model.sem_seg_head(feats, text_void, vocab.num_synonyms)
-            with self._stage("adapter"):
-                binary = out["pred_masks"].sigmoid() > self.preset.mask_threshold
-                emb = self.model.embed_masks(feats, binary)
-                adapter_text = self.model.adapter_text(feats, text_void)
-        out_logits = classification_logits(emb.float(), adapter_text.float(), self.model.backbone.logit_scale,
-                                           vocab.num_synonyms)
-        seen = pp.category_overlap(vocab, self._train_vocabulary).to(self.device)
-        mask_cls = pp.geometric_ensemble(out["pred_logits"].float(), out_logits, seen,
-                                         self.preset.alpha, self.preset.beta)
-        mask_pred = F.interpolate(out["pred_masks"].float(), size=images.shape[-2:], mode="bilinear",
-                                  align_corners=False)
-        return mask_cls[0], mask_pred[0]
-
     def _predict_with_proposals(self, rgb: torch.Tensor, vocab: Vocabulary, tasks: tuple[str, ...]
                                 ) -> SegmentationResult:
-        masks, quality = self.mask_generator(rgb.permute(1, 2, 0).numpy())
-        cls = self.classify_masks(rgb, masks, vocab)
+        with self._stage("generator"):
+            masks, quality = self.mask_generator(rgb.permute(1, 2, 0).numpy())
+        cls = self._classify(rgb, masks, vocab)
         H, W = int(rgb.shape[1]), int(rgb.shape[2])
-        result = SegmentationResult(vocab, (H, W), semantic=cls.semantic)
+        result = SegmentationResult(vocab, (H, W), semantic=cls.semantic, input_size=(H, W))
         if "panoptic" in tasks:
             result.panoptic, result.segments = _segments_from_masks(masks, cls, vocab)
         if "instance" in tasks:
@@ -262,7 +297,13 @@ class Predictor:
                                 "classes": cls.labels}
         return result
 
-    def _things(self, vocab: Vocabulary, things: Things) -> torch.Tensor:
+    def _seen_mask(self, vocab: Vocabulary) -> torch.Tensor:
+        if vocab not in self._seen:
+            self._seen[vocab] = pp.category_overlap(vocab, self._train_vocabulary).to(self.device)
+        return self._seen[vocab]
+
+    def things_mask(self, vocab: Vocabulary, things: Things = None) -> torch.Tensor:
+        """Bool [C]: which classes are things, from ``things`` (names or flags) or by default the COCO things."""
         if things is None:
             return coco_thing_mask(vocab)
         if isinstance(things, torch.Tensor) or (len(things) and isinstance(things[0], (bool, np.bool_))):
@@ -277,12 +318,25 @@ class Predictor:
         return torch.tensor([n.lower() in names for n in vocab.names])
 
 
-def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+def check_tasks(tasks: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """``tasks`` as a tuple; ValueError unless it is a non-empty subset of ``TASKS``."""
     tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
         raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(tasks)}")
     return tasks
+
+
+def _as_mask_tensor(masks: Union[torch.Tensor, np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """Validated masks [N, H, W] of an image of ``size``: shape, finite values (the public boundary)."""
+    if not isinstance(masks, torch.Tensor):
+        array = np.asarray(masks)
+        masks = torch.from_numpy(array if array.flags.writeable else array.copy())
+    if masks.dim() != 3 or tuple(masks.shape[-2:]) != tuple(size):
+        raise ValueError(f"masks must have shape [N, {size[0]}, {size[1]}] (the image size), got {list(masks.shape)}")
+    if masks.is_floating_point() and masks.numel() and not bool(torch.isfinite(masks).all()):
+        raise ValueError("masks contain NaN or infinite values")
+    return masks
 
 
 def _segments_from_masks(masks: torch.Tensor, cls: MaskClassification, vocab: Vocabulary

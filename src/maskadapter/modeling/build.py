@@ -16,7 +16,7 @@ from .generators.pixel_decoder import PixelDecoderConfig
 from .generators.transformer_decoder import TransformerDecoderConfig
 from .model import MaskAdapterModel
 
-__all__ = ["ArchitectureConfig", "default_architecture", "build_model", "load_preset_file"]
+__all__ = ["ArchitectureConfig", "default_architecture", "build_model", "load_preset_file", "load_preset"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,17 @@ def build_model(preset: Union[str, PresetConfig], architecture: Optional[Archite
                             cdt_mode=preset.cdt_mode, cdt_heads=arch.cdt_heads)
 
 
+def load_preset(preset: Union[str, os.PathLike, PresetConfig]
+                ) -> tuple[PresetConfig, Optional[ArchitectureConfig]]:
+    """A preset and its architecture (None: the released one) from a preset name, a preset JSON file or a
+    :class:`PresetConfig` - everything ``--preset`` accepts."""
+    if isinstance(preset, PresetConfig):
+        return preset, None
+    if str(preset).endswith(".json") or Path(preset).is_file():
+        return load_preset_file(preset)
+    return get_preset(str(preset)), None
+
+
 def load_preset_file(path: Union[str, os.PathLike]) -> tuple[PresetConfig, Optional[ArchitectureConfig]]:
     """A custom preset from JSON: ``{"preset": {PresetConfig fields}, "architecture": {...}}``.
 
@@ -64,6 +75,8 @@ def load_preset_file(path: Union[str, os.PathLike]) -> tuple[PresetConfig, Optio
     ``pixel_decoder`` and ``transformer_decoder`` (their config fields) and ``cdt_heads``.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"preset file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

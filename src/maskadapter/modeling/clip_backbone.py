@@ -14,15 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ClipConfig
+from ..constants import PIXEL_MEAN, PIXEL_STD
 
-__all__ = ["ClipBackbone", "PIXEL_MEAN", "PIXEL_STD", "DenseProjection"]
-
-# CLIP's RGB normalisation on the 0-255 scale (spec §2.1).
-PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
-PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
+__all__ = ["ClipBackbone", "DenseProjection"]
 
 DenseProjection = Literal["standard", "maft_legacy"]
-FEATURE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32, "clip_vis_dense": 32}
 
 
 class ClipBackbone(nn.Module):
@@ -47,6 +43,7 @@ class ClipBackbone(nn.Module):
                              for i, info in enumerate(trunk.feature_info)}
         self.out_channels["clip_vis_dense"] = self.out_channels["res5"]
         self.clip_model.eval()
+        self._fingerprint: tuple[tuple, str] = ((), "")
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -95,7 +92,7 @@ class ClipBackbone(nn.Module):
         """Per-pixel CLIP projection of the raw map ``raw`` [B, Cv, h, w] -> [B, D, h, w].
 
         ``mode="standard"`` applies the trunk head norm and the visual head to every pixel vector (the
-        FC-CLIP path). ``mode="maft_legacy"`` reproduces MAFT+'s reshape *without* a permute (spec §2.2):
+        FC-CLIP path). ``mode="maft_legacy"`` reproduces MAFT+'s reshape *without* a permute:
         each "pixel vector" is Cv consecutive memory elements of the NCHW map, mixing channels and
         pixels. It is wrong as geometry, but the released MAFT+ adapters and CDT were trained on it.
         """
@@ -155,14 +152,32 @@ class ClipBackbone(nn.Module):
         x = x[torch.arange(x.shape[0], device=x.device), eot]
         return x @ m.text_projection if not isinstance(m.text_projection, nn.Linear) else m.text_projection(x)
 
-    def text_fingerprint(self) -> str:
-        """A short hash of the text tower's weights: identifies the model in text-embedding caches."""
+    def text_tensors(self) -> dict[str, torch.Tensor]:
+        """The text tower's weights by name (token and position embeddings, transformer, final norm, projection)."""
         m = self.clip_model
-        h = hashlib.sha256(self.config.name.encode())
-        for t in (m.text_projection, m.positional_embedding, m.ln_final.weight, m.ln_final.bias,
-                  m.token_embedding.weight[:64], m.transformer.resblocks[-1].mlp.c_proj.weight):
-            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        out = {"token_embedding": m.token_embedding.weight, "positional_embedding": m.positional_embedding,
+               "text_projection": m.text_projection if isinstance(m.text_projection, torch.Tensor)
+               else m.text_projection.weight}
+        out.update({f"transformer.{k}": v for k, v in m.transformer.named_parameters()})
+        out.update({f"ln_final.{k}": v for k, v in m.ln_final.named_parameters()})
+        return out
+
+    def text_fingerprint(self) -> str:
+        """A hash of the text tower's weights (every tensor's name, shape, sum, sum of squares and first
+        values) that names this model in text-embedding caches. Computed once and again only after the
+        weights changed (any in-place write, such as loading a checkpoint, bumps a tensor's version)."""
+        tensors = self.text_tensors()
+        key = (self.config.name,) + tuple((t.data_ptr(), t._version) for t in tensors.values())
+        if self._fingerprint[0] != key:
+            h = hashlib.sha256(self.config.name.encode())
+            with torch.no_grad():
+                for name, t in tensors.items():
+                    flat = t.detach().reshape(-1).double()
+                    stats = torch.stack([flat.sum(), (flat * flat).sum()])
+                    h.update(f"{name}{tuple(t.shape)}".encode())
+                    h.update(torch.cat([stats, flat[:64]]).cpu().numpy().tobytes())
+            self._fingerprint = (key, h.hexdigest()[:16])
+        return self._fingerprint[1]
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -174,8 +189,6 @@ def _check_images(images: torch.Tensor) -> None:
     if H < 32 or W < 32 or H % 32 or W % 32:
         raise ValueError(f"image height and width must be positive multiples of 32 (pad the input), "
                          f"got {H}x{W}")
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError("images contain NaN or infinite values")
 
 
 def _check_dense(x: torch.Tensor, channels: int, name: str) -> None:
@@ -183,5 +196,3 @@ def _check_dense(x: torch.Tensor, channels: int, name: str) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != channels:
         raise ValueError(f"{name} must have shape [B, {channels}, h, w], got {list(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")

@@ -53,27 +53,46 @@ class MaskAdapterModel(nn.Module):
         self.sem_seg_head = FCCLIPHead(generator) if generator is not None else None
         self.cdt = ContentDependentTransfer(D, cdt_heads, cdt_mode) if cdt_mode is not None else None
 
-    def load_official(self, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> list[str]:
-        """Load every part this model has (``backbone.clip_model``, ``mask_adapter``, ``void_embedding``, and
-        ``sem_seg_head`` / ``cdt`` when present) strictly from an official checkpoint (path or state dict);
-        returns the checkpoint parts this model does not use."""
+    def part_modules(self) -> dict[str, nn.Module]:
+        """The official checkpoint parts this model has, each with the module it loads into."""
+        parts = {"backbone.clip_model": self.backbone.clip_model, "sem_seg_head": self.sem_seg_head,
+                 "mask_adapter": self.mask_adapter, "void_embedding": self.void_embedding, "cdt": self.cdt}
+        return {name: module for name, module in parts.items() if module is not None}
+
+    def load_official(self, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+                      parts: Optional[Sequence[str]] = None, require_all: bool = True) -> list[str]:
+        """Load parts of an official checkpoint (path or state dict) strictly; returns the checkpoint parts
+        that were not loaded.
+
+        ``parts``: the parts to load (each must be in the model and the file); None: every part the model has
+        (``backbone.clip_model``, ``mask_adapter``, ``void_embedding``, and ``sem_seg_head`` / ``cdt`` when
+        present), all required unless ``require_all=False``, which loads those the file holds.
+        Errors are :class:`CheckpointError` naming the file.
+        """
+        name = str(source) if isinstance(source, (str, os.PathLike)) else "the state dict"
         state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
         split = split_checkpoint(state)
-        targets = {"backbone.clip_model": self.backbone.clip_model, "mask_adapter": self.mask_adapter,
-                   "void_embedding": self.void_embedding}
-        for part in ("sem_seg_head", "cdt"):
-            if getattr(self, part) is not None:
-                targets[part] = getattr(self, part)
-        absent = [p for p in targets if p not in split.parts]
-        if absent:
-            raise CheckpointError(f"checkpoint has no keys for {', '.join(p + '.*' for p in absent)}; "
-                                  f"it holds {', '.join(sorted(split.parts)) or 'no known part'}")
-        for part, module in targets.items():
-            load_part(module, split.parts[part], part)
-        unused = sorted(set(split.parts) - set(targets)) + split.unknown
+        modules = self.part_modules()
+        if parts is not None:
+            unknown = [p for p in parts if p not in modules]
+            if unknown:
+                raise ValueError(f"the model has no part {', '.join(map(repr, unknown))} (it has {', '.join(modules)})")
+            modules = {p: modules[p] for p in parts}
+        absent = [p for p in modules if p not in split.parts]
+        if absent and (require_all or parts is not None):
+            raise CheckpointError(f"{name} has no keys for {', '.join(p + '.*' for p in absent)}; it holds "
+                                  f"{', '.join(sorted(split.parts)) or 'no known part'}")
+        for part, module in modules.items():
+            if part in split.parts:
+                try:
+                    load_part(module, split.parts[part], part)
+                except CheckpointError as exc:
+                    raise CheckpointError(f"{name}: {exc}") from exc
+        loaded = [p for p in modules if p in split.parts]
+        logger.info("loaded %s from %s", ", ".join(loaded) or "nothing", name)
         if split.unknown:
-            logger.warning("checkpoint keys outside the official layout were not loaded: %s", split.unknown[:10])
-        return unused
+            logger.warning("%s: keys outside the official layout were not loaded: %s", name, split.unknown[:10])
+        return sorted(set(split.parts) - set(loaded)) + split.unknown
 
     def dense_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Backbone features of normalised padded ``images`` [B, 3, H, W] plus ``clip_vis_dense_proj`` [B, D, h, w]."""
@@ -100,10 +119,25 @@ class MaskAdapterModel(nn.Module):
             return text
         return self.cdt(features["clip_vis_dense_proj"], text)
 
-    def classify(self, embeddings: torch.Tensor, text: torch.Tensor, num_synonyms: Sequence[int],
-                 with_void: bool = True) -> torch.Tensor:
-        """Logits [B, N, C(+1)] of ``embeddings`` [B, N, D] against synonym embeddings ``text`` [S, D]
-        (void appended last when ``with_void``), with CLIP's logit scale."""
+    def text_with_void(self, text: torch.Tensor) -> torch.Tensor:
+        """Synonym embeddings ``text`` [S, D] with the normalised void embedding appended -> [S+1, D]."""
+        return append_void(text, self.void_embedding.weight)
+
+    def classify_masks(self, features: Mapping[str, torch.Tensor], masks: torch.Tensor, text: torch.Tensor,
+                       num_synonyms: Sequence[int], with_void: bool = True, return_embeddings: bool = False
+                       ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Class logits [B, N, C(+1)] of ``masks`` [B, N, Hm, Wm] (aligned with the network input) against the
+        synonym embeddings ``text`` [S, D] (void not included), given :meth:`dense_features` output.
+
+        The one mask-classification path of the package: adapter head -> activation pooling -> CLIP
+        projection -> (MAFT+ CDT of the text) -> CLIP-scaled cosine logits, max over synonyms, the void logit
+        last when ``with_void``. The head and the CDT run in the caller's autocast precision; the logits are
+        computed in fp32. With ``return_embeddings`` the mask embeddings [B, N, D] come too.
+        """
+        emb = self.embed_masks(features, masks)
         if with_void:
-            text = append_void(text, self.void_embedding.weight)
-        return classification_logits(embeddings, text, self.backbone.logit_scale, num_synonyms)
+            text = self.text_with_void(text)
+        classifier = self.adapter_text(features, text)
+        with torch.autocast(emb.device.type, enabled=False):
+            logits = classification_logits(emb.float(), classifier.float(), self.backbone.logit_scale, num_synonyms)
+        return (logits, emb) if return_embeddings else logits

@@ -27,8 +27,6 @@ def activation_pool(maps: torch.Tensor, raw_dense: torch.Tensor) -> torch.Tensor
     _check_4d(raw_dense, "raw_dense")
     if maps.shape[0] != raw_dense.shape[0]:
         raise ValueError(f"batch sizes differ: maps has {maps.shape[0]}, raw_dense has {raw_dense.shape[0]}")
-    if not bool(torch.isfinite(raw_dense).all()):
-        raise ValueError("raw_dense contains NaN or infinite values")
     B, Cv, h, w = raw_dense.shape
     M = maps.shape[1]
     if M == 0:

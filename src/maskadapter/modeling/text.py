@@ -1,15 +1,6 @@
-"""Vocabularies, prompt templates, the cached CLIP text classifier and mask classification logits.
+"""Prompt templates, the cached CLIP text classifier and mask classification logits.
 
-Vocabulary syntax (inline, e.g. ``--vocab``)
-    Classes are separated by commas, semicolons or new lines - all three mean the same thing, so
-    ``"cat, sofa; dog"`` is three classes. Synonyms of one class are joined with ``|``:
-    ``"sofa|couch, cat"`` is two classes, the first with two synonyms. Surrounding blanks are ignored;
-    empty items (``"cat,,dog"``, a trailing comma) are skipped; a class given twice is an error.
-
-Class files (``--vocab-file``, the benchmarks' ``*_with_prompt_eng.txt``)
-    One class per line, ``id:syn1,syn2,...`` (commas separate *synonyms* here, as in the official
-    files). Lines with id 0 or the name ``invalid_class_id`` are skipped unless ``keep_id0`` is set
-    (Pascal VOC-21 keeps its background line). Lines without ``id:`` are read as inline syntax.
+The vocabulary syntax lives in :mod:`maskadapter.vocabulary`.
 """
 
 from __future__ import annotations
@@ -19,21 +10,27 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
+from ..constants import user_cache_dir
+from ..fileio import atomic_path
+from ..vocabulary import Vocabulary, VocabularyLike
+
 if TYPE_CHECKING:
     from .clip_backbone import ClipBackbone
 
-__all__ = [
-    "VILD_TEMPLATES", "Vocabulary", "TextClassifier", "classification_logits", "append_void",
-]
+__all__ = ["VILD_TEMPLATES", "TextClassifier", "classification_logits", "append_void", "resolve_text_cache_dir",
+           "TEXT_CACHE_ENV"]
 
 logger = logging.getLogger(__name__)
+
+#: Environment variable overriding the folder of the persistent text-embedding cache.
+TEXT_CACHE_ENV = "MASKADAPTER_TEXT_CACHE"
+_CACHE_FORMAT = 1
 
 #: The 14 ViLD prompt templates, in the official order and punctuation (templates 2-5 have no period).
 VILD_TEMPLATES: tuple[str, ...] = (
@@ -52,106 +49,6 @@ VILD_TEMPLATES: tuple[str, ...] = (
     "There is a medium {} in the scene.",
     "There is a large {} in the scene.",
 )
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """An ordered list of classes, each a tuple of synonyms (the first is the display name)."""
-
-    classes: tuple[tuple[str, ...], ...]
-
-    def __post_init__(self) -> None:
-        if not self.classes:
-            raise ValueError("vocabulary is empty: give at least one class name")
-        for i, syns in enumerate(self.classes):
-            if not syns or any(not s.strip() for s in syns):
-                raise ValueError(f"vocabulary class {i} has an empty name: {syns!r}")
-
-    @classmethod
-    def coerce(cls, vocabulary: Union["Vocabulary", str, Sequence[str]]) -> "Vocabulary":
-        """A Vocabulary from itself, inline syntax (str) or a list of class names / synonym lists."""
-        if isinstance(vocabulary, Vocabulary):
-            return vocabulary
-        if isinstance(vocabulary, str):
-            return cls.parse(vocabulary)
-        return cls.from_classes(vocabulary)
-
-    @classmethod
-    def parse(cls, text: str) -> "Vocabulary":
-        """Parse inline syntax: classes split by ``,`` ``;`` or newline, synonyms joined by ``|``."""
-        if not isinstance(text, str):
-            raise TypeError(f"vocabulary text must be a str, got {type(text).__name__}")
-        items = [item.strip() for item in re.split(r"[,;\n]", text)]
-        classes = [tuple(s.strip() for s in item.split("|") if s.strip()) for item in items if item]
-        return cls.from_classes([c for c in classes if c], allow_duplicates=False)
-
-    @classmethod
-    def from_classes(cls, classes: Iterable[Union[str, Sequence[str]]],
-                     allow_duplicates: bool = False) -> "Vocabulary":
-        """Build from a list whose items are a name (``"sofa|couch"`` allowed) or a list of synonyms."""
-        out = []
-        for item in classes:
-            syns = item.split("|") if isinstance(item, str) else list(item)
-            if not all(isinstance(s, str) for s in syns):
-                raise TypeError(f"class names must be strings, got {item!r}")
-            out.append(tuple(s.strip() for s in syns if s.strip()))
-        vocab = cls(tuple(out))
-        if not allow_duplicates:
-            seen: dict[str, int] = {}
-            for i, syns in enumerate(vocab.classes):
-                key = syns[0].lower()
-                if key in seen:
-                    raise ValueError(f"class {syns[0]!r} appears twice in the vocabulary "
-                                     f"(positions {seen[key]} and {i})")
-                seen[key] = i
-        return vocab
-
-    @classmethod
-    def from_file(cls, path: Union[str, os.PathLike], keep_id0: bool = False) -> "Vocabulary":
-        """Read a class file (``id:syn1,syn2`` lines, see the module doc)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"vocabulary file not found: {path}")
-        return cls.from_lines(path.read_text(encoding="utf-8").splitlines(), keep_id0=keep_id0)
-
-    @classmethod
-    def from_lines(cls, lines: Iterable[str], keep_id0: bool = False) -> "Vocabulary":
-        """Parse class-file lines; ``id:`` lines split synonyms on commas (``', '`` counts as ``','``)."""
-        classes: list[tuple[str, ...]] = []
-        for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            match = re.match(r"^(\d+)\s*:(.*)$", line)
-            if match is None:
-                classes.extend(Vocabulary.parse(line).classes)
-                continue
-            idx, names = int(match.group(1)), match.group(2)
-            if (idx == 0 and not keep_id0) or names.strip() == "invalid_class_id":
-                continue
-            syns = tuple(s.strip() for s in names.replace(", ", ",").split(",") if s.strip())
-            classes.append(syns)
-        if not classes:
-            raise ValueError("vocabulary file has no classes")
-        return cls(tuple(classes))
-
-    @property
-    def names(self) -> list[str]:
-        """Display name of every class (its first synonym)."""
-        return [syns[0] for syns in self.classes]
-
-    @property
-    def num_synonyms(self) -> list[int]:
-        """Number of synonyms of every class (the official ``num_templates``)."""
-        return [len(syns) for syns in self.classes]
-
-    @property
-    def synonyms(self) -> list[str]:
-        """All synonyms, class by class (S entries)."""
-        return [s for syns in self.classes for s in syns]
-
-    def __len__(self) -> int:
-        return len(self.classes)
 
 
 def append_void(text: torch.Tensor, void_weight: torch.Tensor) -> torch.Tensor:
@@ -207,12 +104,24 @@ def _max_over_synonyms(logits: torch.Tensor, counts: list[int], has_void: bool) 
     return torch.cat([per_class, logits[..., S:]], dim=-1) if has_void else per_class
 
 
+def resolve_text_cache_dir(cache_dir: Union[str, os.PathLike, None, bool] = None) -> Optional[Path]:
+    """Where text embeddings persist: ``cache_dir`` itself, or for None / True the default
+    (``$MASKADAPTER_TEXT_CACHE``, else the user cache's ``text`` folder), or None (memory only) for False."""
+    if cache_dir is False:
+        return None
+    if cache_dir is None or cache_dir is True:
+        env = os.environ.get(TEXT_CACHE_ENV)
+        return Path(env).expanduser() if env else user_cache_dir("text")
+    return Path(cache_dir).expanduser()
+
+
 class TextClassifier:
     """CLIP text embeddings [S, D] of a vocabulary (one per synonym), cached per model and vocabulary.
 
-    Each synonym is put in every template, encoded, L2-normalised, averaged over templates and
-    normalised again (spec §2.4). Results are cached in memory and, when ``cache_dir`` is given, as
-    safetensors files there (never anywhere else).
+    Each synonym is put in every template, encoded, L2-normalised, averaged over templates and normalised
+    again (the official recipe). Results are cached in memory and, when ``cache_dir`` is given, as
+    safetensors files there, keyed by a fingerprint of the text tower's weights, the templates and the exact
+    vocabulary. A cache file that cannot be read or does not match is ignored with a warning and rewritten.
     """
 
     def __init__(
@@ -229,8 +138,10 @@ class TextClassifier:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch_size = batch_size
         self._memory: dict[tuple[str, str], torch.Tensor] = {}
+        #: prompts encoded by this classifier so far (0 when every vocabulary came from a cache)
+        self.encoded_prompts = 0
 
-    def __call__(self, vocabulary: Union[Vocabulary, str, Sequence[str]]) -> torch.Tensor:
+    def __call__(self, vocabulary: VocabularyLike) -> torch.Tensor:
         """Normalised text embeddings [S, D] of every synonym of ``vocabulary`` (void not included)."""
         vocab = Vocabulary.coerce(vocabulary)
         model_key = self.backbone.text_fingerprint()
@@ -252,6 +163,7 @@ class TextClassifier:
         for start in range(0, len(prompts), self.batch_size):
             tokens = self.backbone.tokenize(prompts[start:start + self.batch_size])
             chunks.append(F.normalize(self.backbone.encode_text(tokens).float(), dim=-1))
+        self.encoded_prompts += len(prompts)
         emb = torch.cat(chunks).reshape(len(vocabulary.synonyms), len(self.templates), -1)
         return F.normalize(emb.mean(dim=1), dim=-1)
 
@@ -262,7 +174,12 @@ class TextClassifier:
     def _cache_file(self, model_key: str, vocab_key: str) -> Optional[Path]:
         if self.cache_dir is None:
             return None
-        return self.cache_dir / f"text-{self.backbone.config.name}-{model_key}-{vocab_key}.safetensors"
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.backbone.config.name)
+        return self.cache_dir / f"text-{name}-{model_key}-{vocab_key}.safetensors"
+
+    def _metadata(self, model_key: str, vocab: Vocabulary) -> dict[str, str]:
+        return {"format": str(_CACHE_FORMAT), "model": model_key, "templates": json.dumps(list(self.templates)),
+                "synonyms": json.dumps(vocab.synonyms, ensure_ascii=False)}
 
     def _load_disk(self, model_key: str, vocab_key: str, vocab: Vocabulary) -> Optional[torch.Tensor]:
         path = self._cache_file(model_key, vocab_key)
@@ -272,11 +189,14 @@ class TextClassifier:
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                if json.loads(f.metadata().get("synonyms", "null")) != vocab.synonyms:
-                    return None
+                if f.metadata() != self._metadata(model_key, vocab) or list(f.keys()) != ["text"]:
+                    raise ValueError("it was written for another model, vocabulary or template set")
                 emb = f.get_tensor("text")
-        except Exception as exc:  # a damaged cache file is recomputed, not fatal
-            logger.warning("ignoring unreadable text-embedding cache %s: %s", path, exc)
+            expected = (len(vocab.synonyms), self.backbone.embed_dim)
+            if tuple(emb.shape) != expected or emb.dtype != torch.float32 or not bool(torch.isfinite(emb).all()):
+                raise ValueError(f"it holds {emb.dtype} {list(emb.shape)}, expected finite float32 {list(expected)}")
+        except Exception as exc:  # never trusted, never fatal: recomputed and rewritten
+            logger.warning("ignoring text-embedding cache file %s (%s); recomputing it", path, exc)
             return None
         logger.debug("text embeddings loaded from %s", path)
         return emb.to(self.backbone.logit_scale.device)
@@ -287,8 +207,9 @@ class TextClassifier:
             return
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"text": emb.detach().cpu().contiguous()}, str(tmp),
-                  metadata={"synonyms": json.dumps(vocab.synonyms, ensure_ascii=False)})
-        os.replace(tmp, path)
+        try:
+            with atomic_path(path) as tmp:
+                save_file({"text": emb.detach().float().cpu().contiguous()}, str(tmp),
+                          metadata=self._metadata(model_key, vocab))
+        except OSError as exc:  # a read-only or full cache folder costs time, not the result
+            logger.warning("could not write the text-embedding cache %s: %s", path, exc)

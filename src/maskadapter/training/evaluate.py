@@ -14,11 +14,17 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
+from tqdm import tqdm
 
+from .. import distributed
+from ..data.transforms import label_map_to_masks
+from ..evaluation.classification import MaskClassificationEvaluator
+from ..evaluation.semantic import SemSegEvaluator
+from ..evaluation.state import reduce_evaluator
+from ..inference.classify import classify_image_masks
+from ..inference.postprocess import paint_masks
 from ..modeling.model import MaskAdapterModel
-from ..modeling.text import Vocabulary, append_void, classification_logits
-from ..preprocess import normalize_and_pad, resize_longest_side
+from ..vocabulary import Vocabulary
 
 __all__ = ["EvalSet", "build_eval_set", "evaluate_gt_masks"]
 
@@ -41,9 +47,6 @@ class EvalSet:
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image, GT masks, GT labels and GT label map of image ``index``."""
-        from ..ground_truth import label_map_to_masks
-        from ..inference.postprocess import paint_masks
-
         item = self.dataset[index]
         if isinstance(item, dict):  # a training-style sample (synthetic shapes)
             masks, labels = item["masks"].bool(), item["labels"].long()
@@ -74,38 +77,10 @@ def build_eval_set(name: str, root: Optional[str], num_images: int, synthetic: O
     return EvalSet(name, ds.vocabulary, len(ds), ds.ignore_label, ds, resize)
 
 
-@torch.no_grad()
-def classify_image_masks(model: MaskAdapterModel, image: torch.Tensor, masks: torch.Tensor, text: torch.Tensor,
-                         num_synonyms: Sequence[int], resize: Optional[int] = None) -> torch.Tensor:
-    """Adapter logits [N, C+1] of ``masks`` [N, H, W] of ``image`` [3, H, W] (uint8), void included, fp32."""
-    device = model.backbone.logit_scale.device
-    rgb = image.to(device)
-    if resize is not None:
-        rgb = resize_longest_side(rgb, resize)
-    images, sizes = normalize_and_pad([rgb])
-    h, w = sizes[0]
-    m = masks[None].float().to(device)
-    if (h, w) != tuple(masks.shape[-2:]):
-        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
-    m = F.pad(m, (0, images.shape[-1] - w, 0, images.shape[-2] - h))
-    feats = model.dense_features(images)
-    emb = model.embed_masks(feats, m)
-    text_void = append_void(text.to(device), model.void_embedding.weight)
-    adapter_text = model.adapter_text(feats, text_void)
-    return classification_logits(emb.float(), adapter_text.float(), model.backbone.logit_scale, num_synonyms)[0]
-
-
 def evaluate_gt_masks(model: MaskAdapterModel, eval_set: EvalSet, text: torch.Tensor, num_synonyms: Sequence[int],
                       rank: int = 0, world_size: int = 1, progress: bool = False) -> dict[str, float]:
     """``accuracy`` and ``mIoU`` (percent) of GT-mask classification over ``eval_set`` (this rank's share,
     then reduced over processes)."""
-    from tqdm import tqdm
-
-    from ..evaluation.classification import MaskClassificationEvaluator
-    from ..evaluation.distributed import reduce_evaluator
-    from ..evaluation.semantic import SemSegEvaluator
-    from ..inference.postprocess import paint_masks
-
     C = len(eval_set.vocabulary)
     if len(num_synonyms) != C:
         raise ValueError(f"the classifier has {len(num_synonyms)} classes, the evaluation set {C}")
@@ -114,13 +89,14 @@ def evaluate_gt_masks(model: MaskAdapterModel, eval_set: EvalSet, text: torch.Te
     was_training = model.training
     model.eval()
     try:
-        indices = range(rank, len(eval_set), world_size)
+        indices = distributed.shard(range(len(eval_set)), rank, world_size)
         for i in tqdm(indices, desc=f"eval {eval_set.name}", unit="img", disable=not progress, leave=False):
             image, masks, labels, gt_map = eval_set.load(i)
             if masks.shape[0] == 0:
                 sem_eval.process(torch.full_like(gt_map, -1), gt_map)
                 continue
-            logits = classify_image_masks(model, image, masks, text, num_synonyms, eval_set.resize)
+            logits = classify_image_masks(model, image, masks, text, num_synonyms, with_void=True,
+                                          resize=eval_set.resize, precision="fp32")
             predicted = logits[:, :C].argmax(dim=-1).cpu()
             cls_eval.process(labels, predicted)
             sem_eval.process(paint_masks(masks, predicted, background=-1), gt_map)

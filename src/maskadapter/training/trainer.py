@@ -26,12 +26,12 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_part, read_state_dict, split_checkpoint
+from .. import distributed as dist_utils
+from ..checkpoint import CheckpointError
+from ..inference.preprocess import normalize_and_pad
 from ..modeling.model import MaskAdapterModel
-from ..modeling.text import append_void, classification_logits
-from ..preprocess import normalize_and_pad
+from ..precision import resolve_precision
 from ..presets import PresetConfig
-from . import distributed as dist_utils
 from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save, load_training_checkpoint, rng_state,
                             set_rng_state)
 from .config import RESUME_NEUTRAL_KEYS, ResolvedTraining, TrainConfig, config_diff, config_to_dict
@@ -46,9 +46,6 @@ __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "build_training_model
            "trainable_state"]
 
 logger = logging.getLogger(__name__)
-
-MODEL_PARTS = ("backbone.clip_model", "sem_seg_head", "mask_adapter", "void_embedding", "cdt")
-
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; nothing of that step was applied or saved."""
@@ -78,16 +75,10 @@ class TrainResult:
 def resolve_preset(config: TrainConfig) -> tuple[PresetConfig, Any]:
     """The preset and architecture the config names (a released preset or a preset JSON file), with the
     head sizes, the stage's generator and the CDT mode of the config applied."""
-    from ..modeling.build import default_architecture, load_preset_file
-    from ..presets import get_preset
+    from ..modeling.build import default_architecture, load_preset
 
-    name = config.model.preset
-    if name.endswith(".json"):
-        preset, arch = load_preset_file(name)
-        arch = arch or default_architecture(preset)
-    else:
-        preset = get_preset(name)
-        arch = default_architecture(preset)
+    preset, arch = load_preset(config.model.preset)
+    arch = arch or default_architecture(preset)
     if config.model.cdt_mode is not None:
         if preset.cdt_mode is None:
             raise ValueError(f"config key 'model.cdt_mode' is set but preset {preset.name!r} has no CDT "
@@ -110,38 +101,27 @@ def build_training_model(config: TrainConfig) -> tuple[MaskAdapterModel, PresetC
         torch.manual_seed(config.run.seed)
         model = build_model(preset, arch)
     if config.model.weights:
-        _load_weights(model, config.model.weights, config.model.load_parts)
+        _load(model, config.model.weights, "model.weights", config.model.load_parts, require_all=False)
     elif config.data.dataset != "synthetic":
         logger.warning("model.weights is not set: CLIP%s start from random weights",
                        " and the mask generator" if model.sem_seg_head is not None else "")
     if config.model.adapter_weights:
-        split = split_checkpoint(read_state_dict(config.model.adapter_weights))
-        if "mask_adapter" not in split.parts:
-            raise CheckpointError(f"model.adapter_weights {config.model.adapter_weights} has no mask_adapter.* keys")
-        load_part(model.mask_adapter, split.parts["mask_adapter"], "mask_adapter")
+        _load(model, config.model.adapter_weights, "model.adapter_weights", ["mask_adapter"])
     resolved = config.resolved(preset.generator)
     set_trainable(model, resolved.train_void)
     model.mask_adapter.grad_checkpoint = config.model.grad_checkpoint
     return model, preset
 
 
-def _load_weights(model: MaskAdapterModel, path: str, parts: Optional[Sequence[str]]) -> None:
-    split = split_checkpoint(read_state_dict(path))
-    modules = {p: m for p, m in ((p, _part_module(model, p)) for p in MODEL_PARTS) if m is not None}
-    wanted = list(parts) if parts is not None else [p for p in modules if p in split.parts]
-    for part in wanted:
-        if part not in modules:
-            raise ValueError(f"config key 'model.load_parts': the model has no part {part!r} "
-                             f"(it has {', '.join(modules)})")
-        if part not in split.parts:
-            raise CheckpointError(f"{path} has no {part}.* keys (it holds {', '.join(sorted(split.parts)) or 'none'})")
-        load_part(modules[part], split.parts[part], part)
-    logger.info("loaded %s from %s", ", ".join(wanted) or "nothing", path)
-
-
-def _part_module(model: MaskAdapterModel, part: str) -> Optional[nn.Module]:
-    return {"backbone.clip_model": model.backbone.clip_model, "sem_seg_head": model.sem_seg_head,
-            "mask_adapter": model.mask_adapter, "void_embedding": model.void_embedding, "cdt": model.cdt}[part]
+def _load(model: MaskAdapterModel, path: str, key: str, parts: Optional[Sequence[str]], require_all: bool = True
+          ) -> None:
+    """Load ``parts`` of the checkpoint ``path`` (config key ``key``); errors name the key and the file."""
+    try:
+        model.load_official(path, parts=parts, require_all=require_all)
+    except CheckpointError as exc:
+        raise CheckpointError(f"config key '{key}': {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"config key '{key.replace('weights', 'load_parts')}': {exc}") from exc
 
 
 def set_trainable(model: MaskAdapterModel, train_void: bool) -> None:
@@ -184,13 +164,12 @@ class _StepModule(nn.Module):
         self.text = text
         self.num_synonyms = num_synonyms
 
-    def targets(self, feats: dict, text_void: torch.Tensor, masks: list, labels: list,
-                generators: list) -> MaskBatch:
+    def targets(self, feats: dict, masks: list, labels: list, generators: list) -> MaskBatch:
         """The adapter's masks and labels for this batch."""
         if self.stage == "warmup":
             return warmup_targets(masks, labels, self.num_gt, generators)
         with torch.no_grad():
-            out = self.model.sem_seg_head(feats, text_void.detach(), self.num_synonyms)
+            out = self.model.sem_seg_head(feats, self.model.text_with_void(self.text), self.num_synonyms)
         return mixed_targets(masks, labels, out["pred_masks"], self.num_gt, self.matcher, self.mask_threshold,
                              generators, self.mode)
 
@@ -205,12 +184,9 @@ class _StepModule(nn.Module):
         model = self.model
         with torch.no_grad():
             feats = model.dense_features(images)
-        text_void = append_void(self.text, model.void_embedding.weight)
-        batch = self.targets(feats, text_void, masks, labels, generators)
-        emb = model.embed_masks(feats, batch.masks)
-        adapter_text = model.adapter_text(feats, text_void)
-        logits = classification_logits(emb.float(), adapter_text.float(), model.backbone.logit_scale,
-                                       self.num_synonyms)
+        batch = self.targets(feats, masks, labels, generators)
+        logits, emb = model.classify_masks(feats, batch.masks, self.text, self.num_synonyms, with_void=True,
+                                           return_embeddings=True)
         t = self.loss.terms(logits, emb, batch)
         return {"ce_sum": t.ce_sum, "ce_count": t.ce_count, "cos_sum": t.cos_sum, "cos_count": t.cos_count}
 
@@ -231,15 +207,16 @@ class Trainer:
         self.output_dir = Path(config.run.output_dir).expanduser()
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
-        self.device = _resolve_device(config.run.device)
-        self.dist = dist_utils.init_distributed(self.device.type, config.run.dist_timeout_min)
-        if self.dist.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+        try:
+            self.device = dist_utils.resolve_device(config.run.device)
+        except ValueError as exc:
+            raise ValueError(f"config key 'run.device': {exc}") from exc
+        self.dist = dist_utils.init_distributed(self.device, config.run.dist_timeout_min)
         if config.solver.batch_size % self.dist.world_size:
             raise ValueError(f"config key 'solver.batch_size' ({config.solver.batch_size}) must be a multiple of "
                              f"the number of processes ({self.dist.world_size})")
         self.batch_per_rank = config.solver.batch_size // self.dist.world_size
-        self.amp_dtype = _resolve_amp(config.solver.precision, self.device)
+        self.amp_dtype = _amp_dtype(config.solver.precision, self.device)
 
         if model is None:
             model, self.preset = build_training_model(config)
@@ -289,7 +266,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
     def _class_embeddings(self) -> tuple[torch.Tensor, list[int]]:
-        from ..modeling.text import TextClassifier, Vocabulary
+        from ..modeling.text import TextClassifier
+        from ..vocabulary import Vocabulary
 
         vocab = Vocabulary.coerce(self.vocabulary)
         if self.config.data.text == "prototypes":
@@ -586,27 +564,13 @@ def _lookup(tree: dict, dotted: str) -> Any:
     return node
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _amp_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype of ``solver.precision`` (None = fp32), resolved like inference precision."""
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"config key 'run.device': {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config key 'run.device' asks for CUDA, but no GPU is available")
-    return device
-
-
-def _resolve_amp(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype (None = fp32): ``auto`` is fp16 on CUDA (official AMP) and bf16 on CPU."""
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("config key 'solver.precision' = fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return torch.float16 if precision == "fp16" else torch.bfloat16
+        dtype = resolve_precision(precision, device)
+    except ValueError as exc:
+        raise ValueError(f"config key 'solver.precision': {exc}") from exc
+    return None if dtype == torch.float32 else dtype
 
 
 def _wrap_ddp(module: _StepModule, device: torch.device) -> nn.Module:

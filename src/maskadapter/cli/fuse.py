@@ -50,7 +50,7 @@ def _refuse_overwrite(path: Path, force: bool) -> bool:
 
 def run_fuse(args: argparse.Namespace) -> int:
     """Fuse and print the copied key counts."""
-    from .training.fuse import fuse_checkpoints
+    from ..training.fuse import fuse_checkpoints
 
     output = Path(args.output)
     if _refuse_overwrite(output, args.force):
@@ -64,7 +64,8 @@ def run_fuse(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export and print what was written."""
-    from .training.fuse import export_state, save_state
+    from ..checkpoint import OFFICIAL_PARTS
+    from ..training.fuse import export_state, save_state
 
     output = Path(args.output)
     if _refuse_overwrite(output, args.force):
@@ -74,8 +75,7 @@ def run_export(args: argparse.Namespace) -> int:
                                         "source": Path(args.checkpoint).name})
     parts: dict[str, int] = {}
     for key in state:
-        part = next((p for p in ("backbone.clip_model", "sem_seg_head", "mask_adapter", "void_embedding", "cdt")
-                     if key.startswith(p + ".")), "(other)")
+        part = next((p for p in OFFICIAL_PARTS if key.startswith(p + ".")), "(other)")
         parts[part] = parts.get(part, 0) + 1
     print(f"exported {args.checkpoint} -> {output}: " + ", ".join(f"{n} {p}" for p, n in parts.items()))
     sys.stdout.flush()

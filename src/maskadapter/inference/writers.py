@@ -1,6 +1,8 @@
 """Turning a :class:`SegmentationResult` into files people and programs read: overlay, label map, JSON.
 
-Shared by the CLI and the demo so both write the same formats.
+Shared by the CLI, the demo, the evaluation cache and the batch path, so all write the same formats. Label
+maps are PNGs of the class index per pixel: uint8 with 255 = no class for up to 255 classes, uint16 with
+65535 = no class above that (:func:`encode_label_map` / :func:`decode_label_map`, the one encoder).
 """
 
 from __future__ import annotations
@@ -11,21 +13,37 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .inference.predictor import SegmentationResult
+from .predictor import SegmentationResult
 from .visualize import overlay_segments
 
-__all__ = ["label_map_image", "overlay_image", "result_to_json", "display_segments"]
+__all__ = ["label_map_image", "overlay_image", "result_to_json", "display_segments", "encode_label_map",
+           "decode_label_map", "no_class_value"]
+
+
+def no_class_value(num_classes: int) -> int:
+    """The label-map value meaning "no class": 255 for up to 255 classes (uint8), else 65535 (uint16)."""
+    return 255 if num_classes <= 255 else 65535
+
+
+def encode_label_map(semantic: "torch.Tensor | np.ndarray", num_classes: int) -> np.ndarray:
+    """Class indices [H, W] (negative = no class) -> uint8 / uint16 array with :func:`no_class_value`."""
+    sem = semantic.cpu().numpy() if isinstance(semantic, torch.Tensor) else np.asarray(semantic)
+    none = no_class_value(num_classes)
+    return np.where(sem < 0, none, sem).astype(np.uint8 if none == 255 else np.uint16)
+
+
+def decode_label_map(array: np.ndarray, num_classes: int) -> torch.Tensor:
+    """The inverse of :func:`encode_label_map`: int64 [H, W] with -1 where no class."""
+    sem = np.asarray(array).astype(np.int64)
+    sem[sem == no_class_value(num_classes)] = -1
+    return torch.from_numpy(sem)
 
 
 def label_map_image(result: SegmentationResult) -> Image.Image:
-    """Semantic label map as a PNG-ready image: class index per pixel; 255 (uint8) or 65535 (uint16,
-    when there are more than 255 classes) where no class was assigned."""
+    """Semantic label map as a PNG-ready image (:func:`encode_label_map` of the result's semantic map)."""
     if result.semantic is None:
         raise ValueError("the result has no semantic map (predict with 'semantic' in tasks)")
-    sem = result.semantic.cpu().numpy()
-    if len(result.vocabulary) <= 255:
-        return Image.fromarray(np.where(sem < 0, 255, sem).astype(np.uint8))
-    return Image.fromarray(np.where(sem < 0, 65535, sem).astype(np.uint16))
+    return Image.fromarray(encode_label_map(result.semantic, len(result.vocabulary)))
 
 
 def display_segments(result: SegmentationResult, task: str) -> tuple[np.ndarray, list[dict]]:

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_segment import add_model_arguments
+from ..constants import IMAGE_SUFFIXES
+from .common import add_model_arguments, build_predictor
 
 __all__ = ["register", "run_demo"]
 
@@ -33,9 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Check gradio, load the model (errors such as missing weights end here, in the terminal), serve the page."""
-    from .cli import IMAGE_SUFFIXES
-    from .cli_segment import build_predictor
-    from .demo import require_gradio, build_demo
+    from ..demo import build_demo, require_gradio
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry nor version check from gradio
     require_gradio()  # before the model load: a missing extra is reported at once
@@ -48,14 +47,11 @@ def run_demo(args: argparse.Namespace) -> int:
         if not examples:
             raise ValueError(f"--examples folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
         allowed = [str(folder.resolve())]
-    if args.device is None:
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"loading model (preset {args.preset}, device {args.device}) ...", file=sys.stderr)
+    print(f"loading model (preset {args.preset}) ...", file=sys.stderr)
     start = time.perf_counter()
     predictor = build_predictor(args)
-    print(f"model loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"model loaded in {time.perf_counter() - start:.1f} s on {predictor.device} "
+          f"(precision {predictor.resolved_precision})", file=sys.stderr)
     if args.host not in _LOCAL_HOSTS:
         print(f"warning: serving on {args.host}: other machines on the network can use this page",
               file=sys.stderr)

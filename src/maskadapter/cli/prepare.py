@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .data.prepare import PREPARE_TARGETS
+from ..constants import DATASET_NAMES
 
 __all__ = ["register", "run_prepare"]
 
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Convert the official download of a benchmark (validation split) into the layout that "
                     "`maskadapter eval` reads, as the official datasets/prepare_*.py scripts do.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=PREPARE_TARGETS, help="dataset to prepare")
+    p.add_argument("dataset", choices=DATASET_NAMES, help="dataset to prepare")
     p.add_argument("--raw", required=True, help="folder of the official download (see below)")
     p.add_argument("--out", required=True, help="data root to write the prepared dataset into")
     p.add_argument("--mapping", help="official id table (ade20k-847, ade20k-150 panoptic); see below")
@@ -41,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Run the conversion and print what was written."""
-    from .data.datasets import get_dataset_spec
-    from .data.prepare import prepare_dataset
+    from ..data.datasets import get_dataset_spec
+    from ..data.prepare import prepare_dataset
 
     counts = prepare_dataset(args.dataset, args.raw, args.out, mapping=args.mapping, split_file=args.split_file)
     spec = get_dataset_spec(args.dataset)

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_segment import add_model_arguments
-from .data.datasets import DATASETS
+from ..constants import DATASET_NAMES, TASKS, user_cache_dir
+from .common import add_model_arguments, build_predictor
 
 __all__ = ["register", "run_eval"]
 
@@ -22,7 +22,7 @@ datasets: ade20k-150 (mIoU; PQ and AP when its panoptic files exist), ade20k-847
   'name|synonym|...' or 'id:name,synonym,...' where id 0 is skipped); --data-root is not needed then.
 Make a benchmark with `maskadapter prepare DATASET --raw DOWNLOAD --out ROOT`.
 Predictions are cached per image in --output: an interrupted run resumes where it stopped.
-Several processes: torchrun --nproc-per-node N -m maskadapter.cli eval ... (or the maskadapter script)."""
+Several processes: torchrun --nproc-per-node N -m maskadapter eval ..."""
 
 _HEADLINE = {
     "semantic": ("mIoU", "mIoU_seen", "mIoU_unseen", "fwIoU", "mACC", "pACC"),
@@ -39,13 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a model on a prepared benchmark as the paper does (fp32, official thresholds), "
                     "print the metrics, and write results.json and a markdown table row.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help=f"{' | '.join(DATASETS)} | custom:IMAGES,LABELS,CLASSES")
+    p.add_argument("--dataset", required=True, help=f"{' | '.join(DATASET_NAMES)} | custom:IMAGES,LABELS,CLASSES")
     p.add_argument("--data-root", default=os.environ.get("DETECTRON2_DATASETS"),
                    help="folder holding the prepared datasets (default $DETECTRON2_DATASETS)")
     p.add_argument("--gt-masks", action="store_true",
-                   help="classify the ground-truth masks (paper Table 3): accuracy and oracle mIoU")
+                   help="classify the ground-truth masks (paper Table 3, the official stage-1 evaluation): accuracy "
+                        "and oracle mIoU; with --tasks also PQ and AP under the official ground-truth rules")
     p.add_argument("--tasks", help="comma-separated subset of semantic,panoptic,instance (default: all the "
-                                   "dataset supports)")
+                                   "dataset supports; with --gt-masks: semantic)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("-o", "--output", help="folder for cached predictions and results (default: "
                                           "~/.cache/maskadapter/eval/<preset>_<dataset>)")
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _default_output(args: argparse.Namespace) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "maskadapter" / "eval"
+    base = user_cache_dir("eval")
     preset = Path(args.preset).stem
     dataset = args.dataset
     if dataset.startswith("custom:"):
@@ -66,21 +67,11 @@ def _default_output(args: argparse.Namespace) -> Path:
     return base / f"{preset}_{dataset}{'_gt-masks' if args.gt_masks else ''}"
 
 
-def _device(requested: str | None) -> str:
-    import torch
-
-    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    # under torchrun every process takes its own GPU
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
-
-
 def run_eval(args: argparse.Namespace) -> int:
     """Load the dataset and the model, run the evaluation, print and write the results."""
-    from .cli_segment import build_predictor
-    from .data.datasets import load_dataset
-    from .evaluation.runner import markdown_row, run_evaluation
+    from ..data.datasets import load_dataset
+    from ..distributed import env_rank
+    from ..evaluation.runner import markdown_row, run_evaluation
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
@@ -89,17 +80,16 @@ def run_eval(args: argparse.Namespace) -> int:
     tasks = None
     if args.tasks:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"--tasks must name some of {', '.join(TASKS)}, got {args.tasks!r}")
     dataset = load_dataset(args.dataset, args.data_root, strict=not args.allow_missing)
     output = Path(args.output) if args.output else _default_output(args)
-    predictor_args = argparse.Namespace(
-        preset=args.preset, weights=args.weights, device=_device(args.device), precision=args.precision,
-        text_cache_dir=args.text_cache_dir, generator="preset", sam_checkpoint=None, sam_backend="sam",
-        sam_model="vit_h")
-    predictor = build_predictor(predictor_args)
+    predictor = build_predictor(args)
     results = run_evaluation(predictor, dataset, tasks=tasks, output_dir=output, limit=args.limit,
                              resume=not args.no_resume, gt_masks=args.gt_masks, precision=args.precision,
                              progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if env_rank() != 0:
         return 0
     _print_results(results)
     print()

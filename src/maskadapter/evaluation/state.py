@@ -21,7 +21,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from .. import distributed
 
 __all__ = ["StatefulEvaluator", "reduce_evaluator", "STATE_FORMAT"]
 
@@ -191,13 +192,6 @@ class StatefulEvaluator:
         self._records = records
 
 
-def _collective_device() -> torch.device:
-    # NCCL only moves CUDA tensors; gloo / mpi move CPU tensors.
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def reduce_evaluator(evaluator: StatefulEvaluator) -> StatefulEvaluator:
     """Replace ``evaluator``'s state by the exact reduction over all ranks (no-op without a process group).
 
@@ -207,39 +201,32 @@ def reduce_evaluator(evaluator: StatefulEvaluator) -> StatefulEvaluator:
     """
     if not isinstance(evaluator, StatefulEvaluator):
         raise TypeError(f"evaluator must be one of the maskadapter evaluators, got {type(evaluator).__name__}")
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if not distributed.is_distributed():
         return evaluator
-    world = dist.get_world_size()
     header = {"evaluator": evaluator._KIND, "format": STATE_FORMAT, "config": evaluator._config()}
-    headers: list = [None] * world
-    dist.all_gather_object(headers, header)
+    headers = distributed.all_gather_object(header)
     # every rank sees the same list, so every rank raises (no rank is left waiting in a collective)
     bad = [r for r, h in enumerate(headers) if h != headers[0]]
     if bad:
         raise ValueError(f"evaluators on ranks {bad} have another configuration than rank 0")
 
     keys = sorted(evaluator._counts)
+    reduced = {}
     if keys:
         flat = np.concatenate([evaluator._counts[k].ravel() for k in keys]).astype(np.int64)
-        tensor = torch.from_numpy(flat).to(_collective_device())
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        total = tensor.cpu().numpy()
+        total = distributed.all_reduce_sum(torch.from_numpy(flat)).numpy()
         offset = 0
-        reduced = {}
         for k in keys:
             n = evaluator._counts[k].size
             reduced[k] = total[offset:offset + n].reshape(evaluator._counts[k].shape).copy()
             offset += n
-    else:
-        reduced = {}
 
     records = evaluator._records
     if evaluator._RECORD_KEYS:
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, records)
+        gathered = distributed.all_gather_object(records)
         evaluator._check_records(gathered)
         records = {k: [item for part in gathered for item in part[k]] for k in evaluator._RECORD_KEYS}
     evaluator._counts = reduced
     evaluator._records = records
-    logger.debug("reduced %s evaluator over %d ranks", evaluator._KIND, world)
+    logger.debug("reduced %s evaluator over %d ranks", evaluator._KIND, len(headers))
     return evaluator

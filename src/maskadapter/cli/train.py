@@ -2,28 +2,25 @@
 
     maskadapter train --config configs/fcclip_large_stage2.yaml --set run.output_dir=runs/s2 solver.lr=5e-5
     maskadapter train --config configs/fcclip_large_stage2.yaml --output-dir runs/s2 --resume
-    torchrun --nproc-per-node 4 -m maskadapter.cli_train --config configs/fcclip_large_stage2.yaml ...
+    torchrun --nproc-per-node 4 -m maskadapter train --config configs/fcclip_large_stage2.yaml ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from typing import Optional, Sequence
 
-__all__ = ["register", "add_train_arguments", "run_train", "main"]
+__all__ = ["register", "run_train"]
 
 _EPILOG = """\
 Overrides use dotted keys and YAML values: --set solver.lr=2e-4 train.matcher=hungarian solver.steps=[100,200].
-Several processes or machines: torchrun --nproc-per-node N -m maskadapter.cli_train --config ... (NCCL on GPUs,
+Several processes or machines: torchrun --nproc-per-node N -m maskadapter train --config ... (NCCL on GPUs,
 gloo on CPU); solver.batch_size is the global batch. --resume continues from <output_dir>/last.pt (or the given
 file), which must come from the same config."""
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``train`` options (shared by the sub-command and ``python -m maskadapter.cli_train``)."""
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training recipe (YAML), e.g. configs/fcclip_large_stage2.yaml")
     p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config keys (repeatable), e.g. --set solver.lr=2e-4 run.seed=1")
@@ -39,19 +36,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train the Mask-Adapter (GT warm-up or mixed masks)",
                               description="Train the Mask-Adapter head from a YAML recipe (configs/*.yaml).",
                               epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(p)
+    _add_train_arguments(p)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Load the config, train, print a summary (rank 0)."""
-    from .training.config import config_to_dict, load_config
-    from .training.trainer import NonFiniteLossError, Trainer
+    from ..distributed import env_rank
+    from ..training.config import config_to_dict, load_config
+    from ..training.trainer import NonFiniteLossError, Trainer
 
     overrides = [item for group in args.overrides for item in group]
     if args.output_dir:
         overrides.append(f"run.output_dir={args.output_dir}")
     config = load_config(args.config, overrides)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = env_rank() == 0
     if args.print_config:
         print(json.dumps(config_to_dict(config), indent=2))
         return 0
@@ -77,25 +75,3 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"  {result.skipped_images} images without a usable mask were skipped")
         sys.stdout.flush()
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m maskadapter.cli_train`` (what ``torchrun -m`` runs): the ``train`` options only."""
-    import logging
-
-    parser = argparse.ArgumentParser(prog="maskadapter-train", description="Train the Mask-Adapter head.",
-                                     epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details (INFO level)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

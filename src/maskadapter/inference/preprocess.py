@@ -1,83 +1,16 @@
-"""Image input handling shared by every entry point: decoding to RGB tensors, normalising, padding."""
+"""The official test-time input pipeline: 896 long-side resize (detectron2 rounding, PIL bilinear), normalise, pad."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .modeling.clip_backbone import PIXEL_MEAN, PIXEL_STD
+from ..constants import PIXEL_MEAN, PIXEL_STD
 
-__all__ = ["ImageInput", "to_rgb_tensor", "normalize_and_pad", "resized_shape", "resize_longest_side"]
-
-ImageInput = Union[str, os.PathLike, "np.ndarray", torch.Tensor, "PIL.Image.Image"]  # noqa: F821
-
-
-def to_rgb_tensor(image: ImageInput) -> torch.Tensor:
-    """RGB uint8 tensor [3, H, W] from a path, PIL image, HxW / HxWx3 / HxWx4 uint8 or uint16 array, or a
-    [3, H, W] uint8 tensor. EXIF orientation is applied; CMYK, palette, grayscale and 16-bit images are
-    converted; transparent pixels are composited over white."""
-    from PIL import Image, ImageOps
-
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        try:
-            with Image.open(path) as im:
-                image = _pil_to_rgb(ImageOps.exif_transpose(im))
-        except Image.DecompressionBombError as exc:
-            raise ValueError(f"image {path} is larger than PIL's safety limit of {Image.MAX_IMAGE_PIXELS} "
-                             f"pixels: {exc}") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"cannot read image {path}: {exc}") from exc
-    if isinstance(image, Image.Image):
-        image = _pil_to_rgb(image)
-    if isinstance(image, np.ndarray):
-        image = _array_to_rgb(image)
-    if not isinstance(image, torch.Tensor):
-        raise TypeError(f"unsupported image type {type(image).__name__}")
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"image tensor must have shape [3, H, W], got {list(image.shape)}")
-    if image.dtype != torch.uint8:
-        raise TypeError(f"image tensor must be uint8 (0-255), got {image.dtype}")
-    if image.shape[1] == 0 or image.shape[2] == 0:
-        raise ValueError(f"image has no pixels ({image.shape[2]}x{image.shape[1]})")
-    return image
-
-
-def _pil_to_rgb(im: "PIL.Image.Image") -> np.ndarray:  # noqa: F821
-    """HxWx3 uint8 array of any PIL image mode."""
-    from PIL import Image
-
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale: rescale, do not clip
-        return _array_to_rgb(np.array(im))
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.array(im.convert("RGB"))
-
-
-def _array_to_rgb(array: np.ndarray) -> torch.Tensor:
-    """[3, H, W] uint8 tensor of an HxW / HxWx3 / HxWx4 array (uint8, or 16-bit / int / float rescaled)."""
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image array must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
-    if array.dtype == np.uint16 or (array.dtype.kind in "iu" and array.dtype != np.uint8):
-        array = (np.clip(array, 0, 65535) / 257.0).round().astype(np.uint8)
-    elif array.dtype.kind == "f":
-        scale = 255.0 if float(np.nanmax(array, initial=0.0)) <= 1.0 else 1.0
-        array = np.clip(np.nan_to_num(array) * scale, 0, 255).round().astype(np.uint8)
-    elif array.dtype != np.uint8:
-        raise TypeError(f"image array must be uint8, uint16 or float, got {array.dtype}")
-    array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[..., :3]
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+__all__ = ["normalize_and_pad", "resized_shape", "resize_longest_side", "prepare_image", "fit_masks"]
 
 
 def normalize_and_pad(images: Sequence[torch.Tensor], divisor: int = 32) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -149,3 +82,26 @@ def resize_longest_side(image: torch.Tensor, size: int = 896) -> torch.Tensor:
     array = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
     resized = np.asarray(Image.fromarray(array).resize((neww, newh), Image.BILINEAR))
     return torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous().to(image.device)
+
+
+def prepare_image(rgb: torch.Tensor, size: Optional[int] = 896, divisor: int = 32,
+                  device: Union[str, torch.device, None] = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The network input of one RGB uint8 image [3, H, W]: resized so its long side is ``size`` (None: kept),
+    normalised, padded -> [1, 3, Hp, Wp] on ``device``, and the resized size (h, w) before padding."""
+    if size is not None:
+        rgb = resize_longest_side(rgb, size)
+    images, sizes = normalize_and_pad([rgb.to(device) if device is not None else rgb], divisor)
+    return images, sizes[0]
+
+
+def fit_masks(masks: torch.Tensor, size: tuple[int, int], padded: tuple[int, int]) -> torch.Tensor:
+    """Masks [N, H, W] (bool or 0-1) at the image's size -> float [1, N, Hp, Wp] aligned with the network input:
+    resized bilinearly to the resized image ``size`` (h, w) when it differs, then zero-padded bottom/right to
+    ``padded`` exactly like the image, so every mask stays on its pixels."""
+    if masks.dim() != 3:
+        raise ValueError(f"masks must have shape [N, H, W], got {list(masks.shape)}")
+    h, w = size
+    m = masks[None].float()
+    if tuple(m.shape[-2:]) != (h, w):
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    return F.pad(m, (0, padded[1] - w, 0, padded[0] - h))

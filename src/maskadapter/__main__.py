@@ -1,0 +1,8 @@
+"""``python -m maskadapter ...`` (and ``torchrun -m maskadapter ...``): the ``maskadapter`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

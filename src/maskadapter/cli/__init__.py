@@ -1,0 +1,56 @@
+"""The ``maskadapter`` command line (``maskadapter ...`` or ``python -m maskadapter ...``).
+
+One module per command, each with ``register(subparsers)``; shared options live in :mod:`.common`. Building
+the parser imports neither torch nor the model code, so ``--help`` answers at once; a command imports what it
+needs when it runs. Only this package prints; the library logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from .. import __version__
+from ..errors import CheckpointError, WeightsUnavailableError
+from . import convert, demo, eval as eval_cmd, fuse, prepare, segment, train
+
+__all__ = ["main", "build_parser"]
+
+#: Sub-command modules, in the order ``--help`` lists them.
+COMMANDS = (segment, demo, eval_cmd, prepare, train, fuse, convert)
+
+
+def build_parser(commands: Sequence = COMMANDS) -> argparse.ArgumentParser:
+    """The argument parser of the ``maskadapter`` command (``commands``: the sub-command modules to add)."""
+    parser = argparse.ArgumentParser(
+        prog="maskadapter", description="Mask-Adapter open-vocabulary segmentation (pure PyTorch).")
+    parser.add_argument("--version", action="version", version=f"maskadapter {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (INFO level)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in commands:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None, commands: Sequence = COMMANDS) -> int:
+    """Entry point of the ``maskadapter`` console script; returns the exit status.
+
+    Bad input ends with one ``error:`` line on stderr: status 2 for an unusable checkpoint, 1 otherwise.
+    """
+    args = build_parser(commands).parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except CheckpointError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, TypeError, ImportError, WeightsUnavailableError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())

@@ -1,0 +1,90 @@
+"""Options and helpers shared by the commands: the model options of segment / demo / eval and the predictor
+they describe. Nothing here imports torch until a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from ..constants import PRECISIONS
+
+__all__ = ["add_model_arguments", "build_predictor", "text_cache_setting", "check_output_folder", "say"]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, sam: bool = True, precision: str = "auto") -> None:
+    """The options that choose and run a model (shared by segment, demo and eval): preset, weights, SAM,
+    device, precision, text cache. :func:`build_predictor` reads them."""
+    parser.add_argument("--preset", default="fcclip-large",
+                        help="fcclip-large | maftp-base | maftp-large, or a preset JSON file (default fcclip-large)")
+    parser.add_argument("--weights", help="checkpoint file (default: download the preset's weights once)")
+    if sam:
+        parser.add_argument("--generator", choices=["preset", "sam"], default="preset",
+                            help="mask generator: the preset's decoder, or SAM automatic masks (needs --sam-checkpoint)")
+        parser.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint for --generator sam and prompts")
+        parser.add_argument("--sam-model", default="vit_h", help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config")
+        parser.add_argument("--sam-backend", choices=["sam", "sam2"], default="sam")
+    else:
+        parser.set_defaults(generator="preset", sam_checkpoint=None, sam_model="vit_h", sam_backend="sam")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--precision", choices=[p for p in PRECISIONS], default=precision,
+                        help=f"numeric precision (default {precision}; auto = bf16 only where it is native and "
+                             "faster; fp16 needs CUDA)")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--text-cache-dir",
+                       help="folder of the persistent text-embedding cache (default $MASKADAPTER_TEXT_CACHE or "
+                            "~/.cache/maskadapter/text)")
+    cache.add_argument("--no-text-cache", action="store_true", help="keep text embeddings in memory only")
+
+
+def text_cache_setting(args: argparse.Namespace) -> Any:
+    """What ``--text-cache-dir`` / ``--no-text-cache`` ask for: a folder, None (the default folder) or False."""
+    if getattr(args, "no_text_cache", False):
+        return False
+    return args.text_cache_dir
+
+
+def build_predictor(args: argparse.Namespace, **options: Any) -> Any:
+    """The Predictor the arguments of :func:`add_model_arguments` ask for (preset name or JSON file, weights,
+    SAM); ``options`` are extra :class:`~maskadapter.inference.options.InferenceOptions` values."""
+    from ..distributed import resolve_device
+    from ..inference.predictor import Predictor
+    from ..modeling.build import load_preset
+
+    device = resolve_device(args.device)
+    kwargs = dict(device=device, precision=args.precision, text_cache_dir=text_cache_setting(args), **options)
+    if args.generator == "sam":
+        from ..modeling.generators.sam import SamMaskGenerator
+
+        if not args.sam_checkpoint:
+            raise ValueError("--generator sam needs --sam-checkpoint PATH")
+        kwargs["mask_generator"] = SamMaskGenerator(args.sam_checkpoint, args.sam_backend, args.sam_model,
+                                                    device=device)
+    preset, architecture = load_preset(args.preset)
+    if args.weights:
+        return Predictor.from_checkpoint(args.weights, preset, architecture, **kwargs)
+    if architecture is not None:
+        raise ValueError(f"a preset file needs --weights (preset {preset.name!r} has no released weights)")
+    return Predictor.from_pretrained(preset, **kwargs)
+
+
+def check_output_folder(path: str) -> Path:
+    """``path`` as a folder that exists (created) and is writable; ValueError naming it otherwise."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {folder} is not writable")
+    return folder
+
+
+def say(message: str, quiet: bool = False) -> None:
+    """A status line on stderr (results go to stdout)."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
