@@ -28,7 +28,6 @@ from .. import distributed
 from ..data.datasets import SegmentationDataset, id_to_rgb, read_array, rgb_to_id
 from ..fileio import atomic_save_image, atomic_write_json
 from ..inference.writers import decode_label_map, encode_label_map
-from .instance import encode_masks
 
 __all__ = ["PredictionCache", "CACHE_FORMAT", "weights_fingerprint"]
 
@@ -128,9 +127,8 @@ class PredictionCache:
                                    "area": int(s.get("area", 0))} for s in outputs.segments]
         if "instance" in tasks:
             inst = outputs.instances
-            rles = encode_masks(inst["masks"].cpu().bool(), "instances['masks']")
-            record["instances"] = [{"category_id": int(c), "score": float(s), "segmentation": r}
-                                   for r, s, c in zip(rles, inst["scores"].float().tolist(), inst["classes"].tolist())]
+            record["instances"] = [{"category_id": int(c), "score": float(s), "segmentation": r} for r, s, c
+                                   in zip(inst.rles, inst.scores.float().tolist(), inst.classes.tolist())]
         atomic_write_json(record_path, record, indent=None)
 
 

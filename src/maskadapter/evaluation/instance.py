@@ -33,6 +33,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from ..inference.instances import encode_rle
 from .state import (BoolLike, StatefulEvaluator, as_int_array)
 
 __all__ = ["InstanceEvaluator", "encode_masks"]
@@ -50,12 +51,7 @@ def encode_masks(masks: MaskLike, name: str = "masks") -> list[dict]:
         raise ValueError(f"{name} must have shape [K, H, W], got {list(arr.shape)}")
     if arr.dtype != np.bool_:
         raise TypeError(f"{name} must be boolean, got {arr.dtype}")
-    if arr.shape[0] == 0:
-        return []
-    rles = mask_util.encode(np.asfortranarray(arr.transpose(1, 2, 0).astype(np.uint8)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+    return encode_rle(arr)
 
 
 def _gt_rle(segmentation: Any, height: int, width: int, where: str) -> dict:

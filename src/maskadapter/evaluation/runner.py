@@ -35,6 +35,7 @@ from ..data.datasets import SegmentationDataset
 from ..data.vocabularies import builtin_vocabulary
 from ..fileio import atomic_write_json, atomic_write_text
 from ..inference.ground_truth import classify_ground_truth
+from ..inference.instances import decode_rle
 from ..inference.postprocess import category_overlap
 from ..inference.predictor import Predictor
 from ..modeling.model import MaskAdapterModel
@@ -294,13 +295,7 @@ def _feed(evaluators: dict[str, StatefulEvaluator], index: int, example: Any, pr
     if "instance" in evaluators:
         H, W = record["height"], record["width"]
         inst = record["instances"]
-        if inst:
-            from pycocotools import mask as mask_util
-
-            rles = [dict(i["segmentation"], counts=i["segmentation"]["counts"].encode("ascii")) for i in inst]
-            masks = torch.from_numpy(mask_util.decode(rles).transpose(2, 0, 1).astype(bool))
-        else:
-            masks = torch.zeros((0, H, W), dtype=torch.bool)
+        masks = decode_rle([i["segmentation"] for i in inst], (H, W))
         prediction = {"masks": masks, "scores": torch.tensor([i["score"] for i in inst], dtype=torch.float64),
                       "classes": torch.tensor([i["category_id"] for i in inst], dtype=torch.int64)}
         evaluators["instance"].process(index, prediction, example.instances)

@@ -33,6 +33,7 @@ from ..modeling.text import TextClassifier
 from ..vocabulary import Vocabulary, VocabularyLike
 from . import postprocess as pp
 from .classify import classify_image_masks
+from .instances import Instances
 
 __all__ = ["GroundTruthResult", "classify_ground_truth", "ground_truth_panoptic", "ground_truth_instances",
            "GT_OVERLAP_THRESHOLD", "GT_OBJECT_MASK_THRESHOLD", "GT_MASK_THRESHOLD"]
@@ -54,7 +55,7 @@ class GroundTruthResult:
     semantic: torch.Tensor  #: [H, W] predicted class per pixel, ``ignore_index`` where unlabelled
     panoptic: Optional[torch.Tensor] = None  #: [H, W] int32 segment ids (0 = none), official GT rules
     segments: Optional[list[dict]] = None  #: id, isthing, category_id, score, area
-    instances: Optional[dict[str, torch.Tensor]] = None  #: masks [K, H, W] bool, scores [K], classes [K]
+    instances: Optional[Instances] = None  #: RLE masks, scores [K], classes [K]
 
     @property
     def accuracy(self) -> float:
@@ -74,7 +75,7 @@ def ground_truth_panoptic(probs: torch.Tensor, masks: torch.Tensor, is_thing: Se
 
 
 def ground_truth_instances(probs: torch.Tensor, masks: torch.Tensor, is_thing: Optional[Sequence[bool]],
-                           top_k: int = 100, mask_threshold: float = GT_MASK_THRESHOLD) -> dict[str, torch.Tensor]:
+                           top_k: int = 100, mask_threshold: float = GT_MASK_THRESHOLD) -> Instances:
     """Official GT-mode instances from class probabilities [N, C+1] and 0/1 masks [N, H, W]: the ``top_k``
     (mask, class) pairs by ``sigmoid(probability)``, masks ``mask > mask_threshold``, score times the mean of the
     mask inside it; only thing classes when ``is_thing`` is given."""
@@ -83,7 +84,7 @@ def ground_truth_instances(probs: torch.Tensor, masks: torch.Tensor, is_thing: O
     binary = values > mask_threshold
     flat = binary.flatten(1).float()
     mask_score = (values.flatten(1) * flat).sum(1) / (flat.sum(1) + 1e-6)
-    return {"masks": binary, "scores": scores * mask_score, "classes": classes}
+    return Instances.from_masks(binary, scores * mask_score, classes)
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from ..presets import PresetConfig, guess_preset
 from ..vocabulary import Vocabulary, VocabularyLike
 from . import postprocess as pp
 from .classify import classify_image_masks
+from .instances import Instances
 from .options import InferenceOptions
 from .preprocess import prepare_image
 
@@ -54,7 +55,7 @@ class SegmentationResult:
     semantic: Optional[torch.Tensor] = None  #: [H, W] int64 class index, -1 where no mask covers a pixel
     panoptic: Optional[torch.Tensor] = None  #: [H, W] int32 segment id, 0 = no segment
     segments: list[dict] = field(default_factory=list)  #: id, category_id, label, isthing, score, area
-    instances: Optional[dict[str, torch.Tensor]] = None  #: masks [K, H, W] bool, scores [K], classes [K]
+    instances: Optional[Instances] = None  #: K instances: RLE masks (``.masks`` decodes [K, H, W]), scores, classes
     input_size: Optional[tuple[int, int]] = None  #: (H, W) of the input image (differs when downscaled)
 
     @property
@@ -280,7 +281,8 @@ class Predictor:
                 mask_cls, mask_full, is_thing, self.preset.object_mask_threshold, self.preset.overlap_threshold)
             result.segments = [{**s, "label": vocab.names[s["category_id"]]} for s in segments]
         if "instance" in tasks:
-            result.instances = pp.instance_inference(mask_cls, mask_full, is_thing, self.preset.detections_per_image)
+            inst = pp.instance_inference(mask_cls, mask_full, is_thing, self.preset.detections_per_image)
+            result.instances = Instances.from_masks(inst["masks"], inst["scores"], inst["classes"])
         return result
 
     def _predict_with_proposals(self, rgb: torch.Tensor, vocab: Vocabulary, tasks: tuple[str, ...]
@@ -293,8 +295,7 @@ class Predictor:
         if "panoptic" in tasks:
             result.panoptic, result.segments = _segments_from_masks(masks, cls, vocab)
         if "instance" in tasks:
-            result.instances = {"masks": masks.bool(), "scores": cls.scores * quality.to(cls.scores),
-                                "classes": cls.labels}
+            result.instances = Instances.from_masks(masks, cls.scores * quality.to(cls.scores), cls.labels)
         return result
 
     def _seen_mask(self, vocab: Vocabulary) -> torch.Tensor:

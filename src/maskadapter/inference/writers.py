@@ -100,15 +100,12 @@ def result_to_json(result: SegmentationResult, file_name: str, task: str) -> dic
         out["segments_info"] = [{**{k: _plain(v) for k, v in s.items()}, "iscrowd": 0,
                                  "bbox": _bbox(pan == s["id"])} for s in result.segments]
     if result.instances is not None:
-        from pycocotools import mask as mask_util
-
         inst = result.instances
         rows = []
-        for m, score, c in zip(inst["masks"].cpu().numpy(), inst["scores"].tolist(), inst["classes"].tolist()):
-            rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
+        for rle, area, box, score, c in zip(inst.rles, inst.areas(), inst.boxes(), inst.scores.tolist(),
+                                            inst.classes.tolist()):
             rows.append({"category_id": int(c), "label": result.class_names[int(c)], "score": float(score),
-                         "area": int(m.sum()), "bbox": _bbox(m), "segmentation": rle})
+                         "area": area, "bbox": box, "segmentation": rle})
         out["instances"] = rows
     return out
 

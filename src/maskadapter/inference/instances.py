@@ -1,0 +1,95 @@
+"""Instance predictions stored as COCO run-length encodings: K masks of a 50-megapixel image cost kilobytes,
+not K x H x W bytes.
+
+:class:`Instances` is what :attr:`SegmentationResult.instances` holds. Its RLEs are exactly pycocotools'
+(column-major, ``counts`` as an ASCII string), so the JSON writers, the evaluation cache and the COCO exports
+use them as they are; ``instances.masks`` decodes them on demand. ``instances["masks"]``, ``["scores"]`` and
+``["classes"]`` also work, as with the dictionary of earlier versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["Instances", "encode_rle", "decode_rle"]
+
+
+def encode_rle(masks: "torch.Tensor | np.ndarray") -> list[dict]:
+    """COCO RLEs (``{"size": [H, W], "counts": str}``) of binary ``masks`` [K, H, W]."""
+    from pycocotools import mask as mask_util
+
+    array = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    if array.ndim != 3:
+        raise ValueError(f"masks must have shape [K, H, W], got {list(array.shape)}")
+    if array.shape[0] == 0:
+        return []
+    encoded = mask_util.encode(np.asfortranarray(array.astype(np.uint8).transpose(1, 2, 0)))
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in encoded]
+
+
+def decode_rle(rles: Sequence[dict], size: tuple[int, int]) -> torch.Tensor:
+    """Binary masks bool [K, H, W] of COCO RLEs (``counts`` as str or bytes)."""
+    from pycocotools import mask as mask_util
+
+    if not rles:
+        return torch.zeros((0, *size), dtype=torch.bool)
+    coded = [dict(r, counts=r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"])
+             for r in rles]
+    return torch.from_numpy(np.ascontiguousarray(mask_util.decode(coded).transpose(2, 0, 1))).bool()
+
+
+@dataclass
+class Instances:
+    """K instances of an image of ``size`` (H, W): COCO RLE masks, scores [K] and class indices [K]."""
+
+    size: tuple[int, int]
+    scores: torch.Tensor
+    classes: torch.Tensor
+    rles: list[dict]
+    _masks: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (len(self.rles) == len(self.scores) == len(self.classes)):
+            raise ValueError(f"instances need as many masks ({len(self.rles)}), scores ({len(self.scores)}) and "
+                             f"classes ({len(self.classes)})")
+
+    @classmethod
+    def from_masks(cls, masks: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor) -> "Instances":
+        """Instances of binary ``masks`` [K, H, W] with ``scores`` [K] and ``classes`` [K]."""
+        masks = masks.bool()
+        return cls(tuple(int(s) for s in masks.shape[-2:]), scores, classes.long(), encode_rle(masks), masks.cpu())
+
+    @property
+    def masks(self) -> torch.Tensor:
+        """Decoded binary masks bool [K, H, W] (computed once)."""
+        if self._masks is None:
+            self._masks = decode_rle(self.rles, self.size)
+        return self._masks
+
+    def areas(self) -> list[int]:
+        """Pixels of each mask."""
+        from pycocotools import mask as mask_util
+
+        return [int(a) for a in mask_util.area(_coded(self.rles))] if self.rles else []
+
+    def boxes(self) -> list[list[int]]:
+        """COCO boxes ``[x, y, width, height]`` of each mask (zeros for an empty mask)."""
+        from pycocotools import mask as mask_util
+
+        return [[int(v) for v in b] for b in mask_util.toBbox(_coded(self.rles))] if self.rles else []
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("masks", "scores", "classes", "rles"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+def _coded(rles: Sequence[dict]) -> list[dict]:
+    return [dict(r, counts=r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]) for r in rles]
