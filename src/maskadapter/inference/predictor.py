@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -21,12 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, read_state_dict
+from ..checkpoint import CheckpointError, read_state_dict, split_checkpoint
 from ..constants import TASKS
 from ..data.vocabularies import builtin_vocabulary, coco_thing_mask
 from ..hub import resolve_weights
 from ..images import ImageInput, to_rgb_tensor
-from ..modeling.build import ArchitectureConfig, build_model, load_preset
+from ..modeling.build import ArchitectureConfig, build_model, default_architecture, load_preset
 from ..modeling.generators.sam import MaskProposer
 from ..modeling.model import MaskAdapterModel
 from ..modeling.text import TextClassifier, resolve_text_cache_dir
@@ -37,7 +38,7 @@ from . import postprocess as pp
 from .classify import classify_image_masks
 from .instances import Instances
 from .options import InferenceOptions
-from .preprocess import prepare_image
+from .preprocess import normalize, pad_batch, padded_size, resize_longest_side
 
 __all__ = ["Predictor", "SegmentationResult", "MaskClassification", "TASKS"]
 
@@ -75,6 +76,22 @@ class MaskClassification:
     semantic: torch.Tensor  #: [H, W] int64, masks painted largest first (smaller masks on top), -1 elsewhere
 
 
+@dataclass
+class PreparedImage:
+    """An image ready for the network, made without the model (so DataLoader workers can make it): normalised
+    [3, h, w] at the preset's test size, its size and the input image's size (and the RGB image itself when the
+    predictor's masks come from a proposal generator such as SAM, which works at full resolution)."""
+
+    tensor: torch.Tensor  #: float32 [3, h, w], normalised, not padded
+    input_size: tuple[int, int]  #: (H, W) of the input image
+    rgb: Optional[torch.Tensor] = None  #: uint8 [3, H, W], only for proposal generators
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(h, w) of the resized image inside the padding."""
+        return int(self.tensor.shape[1]), int(self.tensor.shape[2])
+
+
 class Predictor:
     """Runs a :class:`MaskAdapterModel` with a preset's constants and frozen :class:`InferenceOptions`.
 
@@ -99,9 +116,6 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.options = (options or InferenceOptions()).replace(**option_values)
         self.mask_generator = mask_generator
-        if mask_generator is None and model.sem_seg_head is None:
-            raise ValueError("the model has no mask generator (sem_seg_head): pass mask_generator= (e.g. SAM) "
-                             "or use classify_masks()")
         self.text_classifier = text_classifier or TextClassifier(model.backbone,
                                                                  cache_dir=resolve_text_cache_dir(text_cache_dir))
         self._train_vocabulary = builtin_vocabulary(self.preset.train_vocabulary)
@@ -132,6 +146,39 @@ class Predictor:
             fits = guess_preset(state)
             hint = f" It looks like a checkpoint for preset {fits!r}." if fits and fits != config.name else ""
             raise CheckpointError(f"{path} does not fit preset {config.name!r}.{hint}\n{exc}") from exc
+        return cls(model, config, **kwargs)
+
+    @classmethod
+    def from_adapter(cls, path: Union[str, os.PathLike], preset: Union[str, PresetConfig] = "fcclip-large",
+                     architecture: Optional[ArchitectureConfig] = None,
+                     clip_weights: Union[str, os.PathLike, None] = None, **kwargs: Any) -> "Predictor":
+        """An adapter-only predictor (no Mask2Former decoder): for SAM masks, prompts and your own masks.
+
+        ``path`` holds ``mask_adapter.*`` (a stage-1 checkpoint, ``maskadapter export`` output or a released
+        file, whose decoder is then not loaded), with ``void_embedding`` and MAFT+'s ``cdt`` when present.
+        CLIP comes from ``path`` when it holds ``backbone.clip_model.*``, else from ``clip_weights`` (any
+        official-layout file with those keys, e.g. the preset's released checkpoint).
+        """
+        config, file_architecture = load_preset(preset)
+        arch = architecture or file_architecture or default_architecture(config)
+        model = build_model(config, dataclasses.replace(arch, generator=None))
+        state = split_checkpoint(read_state_dict(path))
+        if "mask_adapter" not in state.parts:
+            raise CheckpointError(f"{path} has no mask_adapter.* keys: it is not an adapter checkpoint "
+                                  f"(it holds {', '.join(sorted(state.parts)) or 'no known part'})")
+        parts = [p for p in model.part_modules() if p in state.parts]
+        model.load_official(path, parts=parts)
+        if "backbone.clip_model" not in parts:
+            if clip_weights is None:
+                raise CheckpointError(f"{path} holds no CLIP weights (backbone.clip_model.*): pass clip_weights= "
+                                      f"(CLI: --clip-weights), e.g. the released {config.weights_file}")
+            model.load_official(clip_weights, parts=["backbone.clip_model"])
+        missing = [p for p in ("cdt",) if p in model.part_modules() and p not in parts]
+        if missing and clip_weights is not None:
+            model.load_official(clip_weights, parts=missing)
+        elif missing:
+            raise CheckpointError(f"{path} has no cdt.* keys, which preset {config.name!r} needs: pass clip_weights= "
+                                  f"with them (the released {config.weights_file})")
         return cls(model, config, **kwargs)
 
     def with_options(self, options: Optional[InferenceOptions] = None, **changes: Any) -> "Predictor":
@@ -174,23 +221,62 @@ class Predictor:
         ``things`` marks which classes get one panoptic segment per instance (class names or a bool per
         class); by default a class is a thing when it shares a synonym with a COCO thing class.
         """
+        self.timings = {}
+        with self._stage("preprocess"):
+            prepared = self.prepare(image)
+        return self.predict_prepared([prepared], vocabulary, tasks, things, _reset_timings=False)[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[ImageInput], vocabulary: VocabularyLike,
+                      tasks: Sequence[str] = TASKS, things: Things = None) -> list[SegmentationResult]:
+        """:meth:`predict` for several images in one forward pass (padded to a common size, as the official
+        test pipeline pads a batch). Results equal one-by-one prediction when the images share their padded
+        size (:meth:`padded_size`); group images by it to batch them."""
+        self.timings = {}
+        with self._stage("preprocess"):
+            prepared = [self.prepare(image) for image in images]
+        return self.predict_prepared(prepared, vocabulary, tasks, things, _reset_timings=False)
+
+    def prepare(self, image: ImageInput) -> PreparedImage:
+        """Decode (size checked from the header), resize to the preset's test size and normalise one image;
+        needs no model, so it can run in DataLoader worker processes."""
+        rgb = self._load(image)
+        tensor = normalize(resize_longest_side(rgb, self.preset.test_size))
+        return PreparedImage(tensor, (int(rgb.shape[1]), int(rgb.shape[2])),
+                             rgb if self.mask_generator is not None else None)
+
+    def padded_size(self, prepared: PreparedImage) -> tuple[int, int]:
+        """The padded network input size of a prepared image: images with the same one batch exactly."""
+        return padded_size([prepared.size], self.preset.size_divisibility)
+
+    @torch.no_grad()
+    def predict_prepared(self, batch: Sequence[PreparedImage], vocabulary: VocabularyLike,
+                         tasks: Sequence[str] = TASKS, things: Things = None, _reset_timings: bool = True
+                         ) -> list[SegmentationResult]:
+        """Segment prepared images (:meth:`prepare`) in one forward pass; one result per image."""
         vocab = Vocabulary.coerce(vocabulary)
         tasks = check_tasks(tasks)
         is_thing = self.things_mask(vocab, things)
-        self.timings = {}
-        with self._stage("preprocess"):
-            rgb = self._load(image)
+        if _reset_timings:
+            self.timings = {}
         if self.mask_generator is not None:
-            return self._predict_with_proposals(rgb, vocab, tasks)
+            return [self._predict_with_proposals(p.rgb, vocab, tasks) for p in batch]
+        if self.model.sem_seg_head is None:
+            raise ValueError("this predictor has no mask generator (an adapter-only model): classify your own masks "
+                             "with classify_masks() or segment_prompts(), or pass mask_generator= (e.g. SAM)")
         with self._stage("preprocess"):
-            images, size = prepare_image(rgb, self.preset.test_size, self.preset.size_divisibility, self.device)
+            images = pad_batch([p.tensor for p in batch], self.preset.size_divisibility).to(self.device)
         with self._stage("text"):
             text = self.text_classifier(vocab).to(self.device)
         mask_cls, mask_pred = self._run_generator(images, text, vocab)
-        with self._stage("postprocess"):
-            result = self._postprocess(vocab, tasks, is_thing, mask_cls, mask_pred, size, self._output_size(rgb))
-        result.input_size = (int(rgb.shape[1]), int(rgb.shape[2]))
-        return result
+        results = []
+        for i, prepared in enumerate(batch):
+            with self._stage("postprocess"):
+                result = self._postprocess(vocab, tasks, is_thing, mask_cls[i], mask_pred[i], prepared.size,
+                                           self._output_size(prepared.input_size))
+            result.input_size = prepared.input_size
+            results.append(result)
+        return results
 
     @torch.no_grad()
     def classify_masks(self, image: ImageInput, masks: Union[torch.Tensor, np.ndarray],
@@ -218,8 +304,8 @@ class Predictor:
     def _load(self, image: ImageInput) -> torch.Tensor:
         return to_rgb_tensor(image, max_pixels=self.options.max_image_pixels)
 
-    def _output_size(self, rgb: torch.Tensor) -> tuple[int, int]:
-        H0, W0 = int(rgb.shape[1]), int(rgb.shape[2])
+    def _output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        H0, W0 = input_size
         cap = self.options.max_output_pixels
         if cap is None or H0 * W0 <= cap:
             return H0, W0
@@ -246,7 +332,7 @@ class Predictor:
 
     def _run_generator(self, images: torch.Tensor, text: torch.Tensor, vocab: Vocabulary
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ensembled class log-probs [Q, C+1] and mask logits [Q, H, W] at the padded input size."""
+        """Ensembled class log-probs [B, Q, C+1] and mask logits [B, Q, H, W] at the padded input size."""
         model = self.model
         with autocast(self.options.precision, self.device):
             with self._stage("backbone"):
@@ -260,7 +346,7 @@ class Predictor:
                                          self.preset.alpha, self.preset.beta)
         mask_pred = F.interpolate(out["pred_masks"].float(), size=images.shape[-2:], mode="bilinear",
                                   align_corners=False)
-        return mask_cls[0], mask_pred[0]
+        return mask_cls, mask_pred
 
     def _postprocess(self, vocab: Vocabulary, tasks: tuple[str, ...], is_thing: torch.Tensor,
                      mask_cls: torch.Tensor, mask_pred: torch.Tensor, size: tuple[int, int],

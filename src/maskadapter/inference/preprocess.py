@@ -10,7 +10,32 @@ import torch.nn.functional as F
 
 from ..constants import PIXEL_MEAN, PIXEL_STD
 
-__all__ = ["normalize_and_pad", "resized_shape", "resize_longest_side", "prepare_image", "fit_masks"]
+__all__ = ["normalize", "pad_batch", "padded_size", "normalize_and_pad", "resized_shape", "resize_longest_side",
+           "prepare_image", "fit_masks"]
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """RGB 0-255 ``image`` [3, H, W] -> float32 [3, H, W] normalised with CLIP's mean and std."""
+    mean = torch.tensor(PIXEL_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=image.device).view(3, 1, 1)
+    return (image.float() - mean) / std
+
+
+def pad_batch(images: Sequence[torch.Tensor], divisor: int = 32) -> torch.Tensor:
+    """Normalised ``images`` ([3, H_i, W_i] each) -> [B, 3, H, W] padded with 0 at the bottom/right to the
+    largest size, rounded up to a multiple of ``divisor`` (0 after normalisation is the mean colour, as in the
+    official ``ImageList.from_tensors``)."""
+    if not images:
+        raise ValueError("images is empty")
+    H, W = padded_size([tuple(im.shape[-2:]) for im in images], divisor)
+    return torch.stack([F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2])) for x in images])
+
+
+def padded_size(sizes: Sequence[tuple[int, int]], divisor: int = 32) -> tuple[int, int]:
+    """The padded network input size of a batch of images of ``sizes`` (h, w)."""
+    H = -(-max(int(s[0]) for s in sizes) // divisor) * divisor
+    W = -(-max(int(s[1]) for s in sizes) // divisor) * divisor
+    return H, W
 
 
 def normalize_and_pad(images: Sequence[torch.Tensor], divisor: int = 32) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -19,16 +44,7 @@ def normalize_and_pad(images: Sequence[torch.Tensor], divisor: int = 32) -> tupl
     if not images:
         raise ValueError("images is empty")
     sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    H = -(-max(s[0] for s in sizes) // divisor) * divisor
-    W = -(-max(s[1] for s in sizes) // divisor) * divisor
-    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
-    batch = []
-    for im in images:
-        x = (im.float() - mean.to(im.device)) / std.to(im.device)
-        # Padding after normalisation: padded pixels are 0, i.e. the mean colour, as in the official code.
-        batch.append(F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2])))
-    return torch.stack(batch), sizes
+    return pad_batch([normalize(im) for im in images], divisor), sizes
 
 
 def resized_shape(h: int, w: int, size: int = 896) -> tuple[int, int]:
