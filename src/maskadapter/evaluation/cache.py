@@ -29,21 +29,11 @@ from ..data.datasets import SegmentationDataset, id_to_rgb, read_array, rgb_to_i
 from ..fileio import atomic_save_image, atomic_write_json
 from ..inference.writers import decode_label_map, encode_label_map
 
-__all__ = ["PredictionCache", "CACHE_FORMAT", "weights_fingerprint"]
+__all__ = ["PredictionCache", "CACHE_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of every tensor's name, shape and first / last values: tells checkpoints apart cheaply."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        flat = t.detach().reshape(-1)
-        h.update(f"{name}{tuple(t.shape)}".encode())
-        h.update(torch.cat([flat[:16], flat[-16:]]).float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class PredictionCache:

@@ -41,7 +41,7 @@ from ..inference.predictor import Predictor
 from ..modeling.model import MaskAdapterModel
 from ..modeling.text import TextClassifier
 from ..vocabulary import Vocabulary
-from .cache import CACHE_FORMAT, PredictionCache, weights_fingerprint
+from .cache import CACHE_FORMAT, PredictionCache
 from .classification import MaskClassificationEvaluator
 from .instance import InstanceEvaluator
 from .panoptic import PanopticEvaluator
@@ -108,7 +108,7 @@ def run_evaluation(
         indices = list(range(len(dataset)))[: int(limit) if limit is not None else None]
         model_name = predictor.preset.name if predictor is not None else "model"
         cache = PredictionCache(Path(output_dir), len(dataset.vocabulary))
-        cache.prepare(PredictionCache.config(dataset, model_name, weights_fingerprint(model), gt_masks, precision),
+        cache.prepare(PredictionCache.config(dataset, model_name, model.weights_fingerprint(), gt_masks, precision),
                       resume, info.rank)
         evaluators = _make_evaluators(dataset, tasks, gt_masks, seen)
         start = time.perf_counter()
