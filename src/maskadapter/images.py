@@ -11,6 +11,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 __all__ = ["ImageInput", "to_rgb_tensor", "read_image_file", "image_size"]
 
@@ -26,7 +27,6 @@ def to_rgb_tensor(image: ImageInput, max_pixels: Optional[int] = None) -> torch.
     limit; a file is measured from its header, before anything is decoded. Files are decoded once, without
     full-size intermediate copies (read-only arrays are accepted without a copy or a warning).
     """
-    from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
         image = read_image_file(image, max_pixels)
@@ -69,7 +69,6 @@ def read_image_file(path: Union[str, os.PathLike], max_pixels: Optional[int] = N
 
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator["PIL.Image.Image"]:  # noqa: F821
-    from PIL import Image
 
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
@@ -101,7 +100,6 @@ _TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "T
 
 def _exif_upright(im: "PIL.Image.Image") -> "PIL.Image.Image":  # noqa: F821
     """``im`` turned upright by its EXIF orientation; the image itself (no copy) when it already is."""
-    from PIL import Image
 
     orientation = im.getexif().get(0x0112)
     if orientation not in _TRANSPOSE:
@@ -111,7 +109,6 @@ def _exif_upright(im: "PIL.Image.Image") -> "PIL.Image.Image":  # noqa: F821
 
 def _pil_to_array(im: "PIL.Image.Image") -> np.ndarray:  # noqa: F821
     """An array of any PIL image mode for :func:`_array_to_rgb`: HxWx3 uint8, or HxW 16/32-bit grayscale."""
-    from PIL import Image
 
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale: rescaled later, not clipped
         return np.asarray(im)

@@ -41,6 +41,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
+from pycocotools import mask as mask_util
 
 from ..constants import IMAGE_SUFFIXES, TASKS
 from ..images import to_rgb_tensor
@@ -508,7 +510,6 @@ def _load_coco_panoptic(spec: DatasetSpec, root: Path, image_dir: Path, vocab: V
 # ---------------------------------------------------------------------------------------------- decoding
 def read_array(path: Path) -> np.ndarray:
     """Pixel array of an image or label file as stored (PNG/TIFF/JPEG); ValueError naming the file otherwise."""
-    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -543,7 +544,6 @@ def _semantic_from_panoptic(ids: np.ndarray, segments: list[dict], ignore_label:
 
 def _decode_segmentation(segm: Any, size: tuple[int, int]) -> torch.Tensor:
     """Bool mask [H, W] of a COCO segmentation (polygons, RLE or uncompressed RLE)."""
-    from pycocotools import mask as mask_util
 
     h, w = size
     if isinstance(segm, list):  # polygons

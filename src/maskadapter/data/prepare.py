@@ -59,6 +59,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pycocotools import mask as mask_util
+from tqdm import tqdm
 
 from ..constants import DATASET_NAMES
 from .datasets import DATASETS, id_to_rgb, read_array, rgb_to_id, vocabulary_ids
@@ -230,8 +235,6 @@ def read_ade_instance_mapping(path: PathLike) -> dict[int, int]:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _write(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     Image.fromarray(array).save(tmp)
@@ -272,8 +275,6 @@ def _read_split(path: Path) -> list[str]:
 
 
 def _progress(items: Sequence, desc: str):
-    from tqdm import tqdm
-
     return tqdm(items, desc=desc, unit="img", leave=False)
 
 
@@ -312,7 +313,6 @@ def _prepare_ade20k_150(raw: Path, out: Path, mapping: Optional[PathLike], **_: 
 
 def _prepare_ade20k_panoptic(src: Path, dst: Path, images: list[Path], ins_map: dict[int, int]) -> dict[str, int]:
     """``ade20k_panoptic_val`` PNGs + JSON and ``ade20k_instance_val.json`` from semantic + instance PNGs."""
-    from pycocotools import mask as mask_util
 
     names = builtin_vocabulary("ade20k_150").names
     thing_ids = set(ins_map.values())
@@ -375,10 +375,6 @@ def _write_json(data: object, path: Path) -> None:
 
 
 def _prepare_ade20k_847(raw: Path, out: Path, mapping: Optional[PathLike], **_: object) -> dict[str, int]:
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
     if mapping is None:
         raise ValueError("ade20k-847 needs --mapping: the official datasets/prepare_ade20k_full_sem_seg.py (read as "
                          "data, not run) or a JSON list of {'id', 'trainId'} with the 847 classes")

@@ -27,7 +27,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from ..images import to_rgb_tensor
 from ..vocabulary import Vocabulary
@@ -180,7 +182,6 @@ class CocoPanopticTrain(_TrainDataset):
 
 def _read_panoptic_png(path: Path) -> np.ndarray:
     """Segment ids [H, W] (int64) of a COCO panoptic PNG: ``R + 256 G + 65536 B``."""
-    from PIL import Image
 
     if not path.is_file():
         raise FileNotFoundError(f"panoptic PNG not found: {path}")
@@ -223,8 +224,6 @@ class CocoStuffTrain(_TrainDataset):
         return len(self._pairs)
 
     def _label_map(self, index: int) -> torch.Tensor:
-        from PIL import Image
-
         path = self.label_dir / self._pairs[index][1]
         if not path.is_file():
             raise FileNotFoundError(f"COCO-Stuff label map not found: {path}")
@@ -250,7 +249,6 @@ class CocoStuffTrain(_TrainDataset):
 
     def scan_empty(self) -> list[int]:
         """Read every label map, store and return the indices of images whose pixels are all 255."""
-        from tqdm import tqdm
 
         empty = [i for i in tqdm(range(len(self)), desc="scan COCO-Stuff labels", unit="img")
                  if bool((self._label_map(i) == COCO_STUFF_IGNORE).all())]

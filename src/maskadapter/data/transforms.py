@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image
 
 __all__ = ["LSJParams", "LargeScaleJitter", "resize_scale_shape", "fixed_size_crop_offset", "nearest_indices",
            "label_map_to_masks"]
@@ -77,8 +78,6 @@ def nearest_indices(in_size: int, out_size: int, mode: NearestMode = "pil") -> t
     if in_size <= 0 or out_size <= 0:
         raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}")
     if mode == "pil":
-        from PIL import Image
-
         row = Image.fromarray(np.arange(in_size, dtype=np.int32)[None, :])  # mode "I"
         idx = np.asarray(row.resize((out_size, 1), Image.NEAREST))[0]
         return torch.from_numpy(idx.astype(np.int64))
@@ -175,8 +174,6 @@ class LargeScaleJitter:
 
     # ------------------------------------------------------------------ internals
     def _apply_image(self, image: torch.Tensor, p: LSJParams) -> torch.Tensor:
-        from PIL import Image
-
         array = image.permute(1, 2, 0).cpu().numpy()
         if p.flip:
             array = array[:, ::-1]

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import distributed
 from ..data.datasets import SegmentationDataset, id_to_rgb, read_array, rgb_to_id
@@ -123,6 +124,5 @@ class PredictionCache:
 
 
 def _image(array: np.ndarray) -> "PIL.Image.Image":  # noqa: F821
-    from PIL import Image
 
     return Image.fromarray(array)

@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .. import distributed
 from ..constants import TASKS
@@ -257,8 +258,6 @@ class _GroundTruthPredictor:
 
 def _loop(predict: Any, cache: PredictionCache, indices: list[int], evaluators: dict[str, StatefulEvaluator],
           dataset: SegmentationDataset, progress: bool) -> dict[str, int]:
-    from tqdm import tqdm
-
     counts = {"computed": 0, "cached": 0}
     tasks = predict.tasks
     bar = tqdm(indices, desc=f"eval {dataset.name}", unit="img", disable=not progress, dynamic_ncols=True)

@@ -14,13 +14,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_util
 
 __all__ = ["Instances", "encode_rle", "decode_rle"]
 
 
 def encode_rle(masks: "torch.Tensor | np.ndarray") -> list[dict]:
     """COCO RLEs (``{"size": [H, W], "counts": str}``) of binary ``masks`` [K, H, W]."""
-    from pycocotools import mask as mask_util
 
     array = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
     if array.ndim != 3:
@@ -33,7 +33,6 @@ def encode_rle(masks: "torch.Tensor | np.ndarray") -> list[dict]:
 
 def decode_rle(rles: Sequence[dict], size: tuple[int, int]) -> torch.Tensor:
     """Binary masks bool [K, H, W] of COCO RLEs (``counts`` as str or bytes)."""
-    from pycocotools import mask as mask_util
 
     if not rles:
         return torch.zeros((0, *size), dtype=torch.bool)
@@ -72,13 +71,11 @@ class Instances:
 
     def areas(self) -> list[int]:
         """Pixels of each mask."""
-        from pycocotools import mask as mask_util
 
         return [int(a) for a in mask_util.area(_coded(self.rles))] if self.rles else []
 
     def boxes(self) -> list[list[int]]:
         """COCO boxes ``[x, y, width, height]`` of each mask (zeros for an empty mask)."""
-        from pycocotools import mask as mask_util
 
         return [[int(v) for v in b] for b in mask_util.toBbox(_coded(self.rles))] if self.rles else []
 

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..constants import PIXEL_MEAN, PIXEL_STD
 
@@ -82,7 +83,6 @@ def resize_longest_side(image: torch.Tensor, size: int = 896) -> torch.Tensor:
     depend on the Pillow version (the maintainers used 8.4.0). PIL is called even when the size does not
     change, as detectron2 does. A CUDA image is resized on the CPU and returned on its device.
     """
-    from PIL import Image
 
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError("image must be a tensor of shape [3, H, W], got "

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..constants import user_cache_dir
 from ..fileio import atomic_path
@@ -185,7 +187,6 @@ class TextClassifier:
         path = self._cache_file(model_key, vocab_key)
         if path is None or not path.is_file():
             return None
-        from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -205,7 +206,6 @@ class TextClassifier:
         path = self._cache_file(model_key, vocab_key)
         if path is None:
             return
-        from safetensors.torch import save_file
 
         try:
             with atomic_path(path) as tmp:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
+import yaml
+
 __all__ = [
     "ModelSection", "DataSection", "TrainSection", "LossSection", "SolverSection", "EvalSection", "RunSection",
     "TrainConfig", "ResolvedTraining", "load_config", "apply_overrides", "config_from_dict", "config_to_dict",
@@ -254,7 +256,6 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
 
 def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML recipe and apply ``key=value`` overrides (``solver.lr=2e-4``)."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -272,7 +273,6 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) ->
 
 def apply_overrides(data: Union[TrainConfig, Mapping[str, Any]], overrides: Sequence[str]) -> TrainConfig:
     """Apply ``section.key=value`` strings (values in YAML syntax) to a config or nested dict."""
-    import yaml
 
     tree = config_to_dict(data) if isinstance(data, TrainConfig) else _deep_copy(data)
     for item in overrides:

@@ -15,6 +15,9 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..data.synthetic import SyntheticShapes
+from ..data.train_datasets import CocoPanopticTrain, CocoStuffTrain, collate_masks
+from ..data.transforms import LargeScaleJitter
 from .config import DataSection, TrainConfig
 
 __all__ = ["build_train_dataset", "IndexedDataset", "ResumableDistributedSampler", "build_loader", "describe_dataset",
@@ -34,14 +37,10 @@ def build_train_dataset(config: TrainConfig) -> Dataset:
     data: DataSection = config.data
     seed = config.run.seed
     if data.dataset == "synthetic":
-        from ..data.synthetic import SyntheticShapes
-
         return SyntheticShapes(num_classes=data.synthetic_num_classes, size=data.synthetic_size,
                                num_images=data.synthetic_num_images, seed=seed)
     if data.root is None:
         raise ValueError(f"config key 'data.root' must name the dataset root for data.dataset={data.dataset}")
-    from ..data.train_datasets import CocoPanopticTrain, CocoStuffTrain
-    from ..data.transforms import LargeScaleJitter
 
     if data.dataset == "coco_panoptic":
         transform = LargeScaleJitter(data.image_size, scale=(data.min_scale, data.max_scale))
@@ -74,7 +73,6 @@ class IndexedDataset(Dataset):
 
 def collate_indexed(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """:func:`maskadapter.data.train_datasets.collate_masks` plus ``indices`` (list of dataset indices)."""
-    from ..data.train_datasets import collate_masks
 
     batch = collate_masks(samples)
     batch["indices"] = [int(s["index"]) for s in samples]

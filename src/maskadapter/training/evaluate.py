@@ -17,6 +17,8 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed
+from ..data.datasets import load_dataset
+from ..data.synthetic import SyntheticShapes
 from ..data.transforms import label_map_to_masks
 from ..evaluation.classification import MaskClassificationEvaluator
 from ..evaluation.semantic import SemSegEvaluator
@@ -62,14 +64,11 @@ def build_eval_set(name: str, root: Optional[str], num_images: int, synthetic: O
     """``synthetic`` (held-out SyntheticShapes with the given keyword arguments) or a benchmark name of
     :func:`maskadapter.data.datasets.load_dataset` (``ade20k-150``, ``coco-panoptic``, ...)."""
     if name == "synthetic":
-        from ..data.synthetic import SyntheticShapes
-
         kwargs = dict(synthetic or {})
         if num_images:
             kwargs["num_images"] = num_images
         ds = SyntheticShapes(**kwargs)
         return EvalSet("synthetic", ds.vocabulary, len(ds), 255, ds, None)
-    from ..data.datasets import load_dataset
 
     ds = load_dataset(name, root)
     if num_images:

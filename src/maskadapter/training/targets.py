@@ -12,6 +12,7 @@ from typing import Literal, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..data.train_datasets import sample_gt_masks
 from .matcher import Matcher, gather_matches
 
 __all__ = ["MaskBatch", "valid_masks", "pad_masks", "warmup_targets", "mixed_targets"]
@@ -55,8 +56,6 @@ def pad_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _sample(masks: torch.Tensor, labels: torch.Tensor, n: int, generator: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..data.train_datasets import sample_gt_masks
-
     return sample_gt_masks(masks, labels, n, generator)
 
 

@@ -25,18 +25,37 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from .. import distributed as dist_utils
 from ..checkpoint import CheckpointError
 from ..inference.preprocess import normalize_and_pad
+from ..modeling.build import build_model, default_architecture, load_preset
 from ..modeling.model import MaskAdapterModel
+from ..modeling.text import TextClassifier
 from ..precision import resolve_precision
 from ..presets import PresetConfig
-from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save, load_training_checkpoint, rng_state,
-                            set_rng_state)
+from ..vocabulary import Vocabulary
+from .checkpointing import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    atomic_save,
+    load_training_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from .config import RESUME_NEUTRAL_KEYS, ResolvedTraining, TrainConfig, config_diff, config_to_dict
-from .data import (IndexedDataset, ResumableDistributedSampler, build_loader, build_train_dataset, describe_dataset,
-                   steps_per_epoch, target_generator)
+from .data import (
+    IndexedDataset,
+    ResumableDistributedSampler,
+    build_loader,
+    build_train_dataset,
+    describe_dataset,
+    steps_per_epoch,
+    target_generator,
+)
+from .evaluate import build_eval_set, evaluate_gt_masks
 from .losses import LossTerms, MaskAdapterLoss
 from .matcher import build_matcher
 from .optim import WarmupLRSchedule, build_optimizer
@@ -75,7 +94,6 @@ class TrainResult:
 def resolve_preset(config: TrainConfig) -> tuple[PresetConfig, Any]:
     """The preset and architecture the config names (a released preset or a preset JSON file), with the
     head sizes, the stage's generator and the CDT mode of the config applied."""
-    from ..modeling.build import default_architecture, load_preset
 
     preset, arch = load_preset(config.model.preset)
     arch = arch or default_architecture(preset)
@@ -94,7 +112,6 @@ def resolve_preset(config: TrainConfig) -> tuple[PresetConfig, Any]:
 
 def build_training_model(config: TrainConfig) -> tuple[MaskAdapterModel, PresetConfig]:
     """The model of ``config`` (seeded by ``run.seed``), initial weights loaded, trainable parts unfrozen."""
-    from ..modeling.build import build_model
 
     preset, arch = resolve_preset(config)
     with torch.random.fork_rng(devices=[]):
@@ -266,9 +283,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
     def _class_embeddings(self) -> tuple[torch.Tensor, list[int]]:
-        from ..modeling.text import TextClassifier
-        from ..vocabulary import Vocabulary
-
         vocab = Vocabulary.coerce(self.vocabulary)
         if self.config.data.text == "prototypes":
             if not hasattr(self.dataset, "class_prototypes"):
@@ -340,7 +354,6 @@ class Trainer:
     def train(self, stop_after: Optional[int] = None) -> TrainResult:
         """Train until ``solver.max_iter`` (or until iteration ``stop_after``, without a final checkpoint:
         used to simulate an interruption). Periodic checkpoints, evaluation and logs along the way."""
-        from tqdm import tqdm
 
         cfg = self.config
         total = cfg.solver.max_iter
@@ -430,9 +443,6 @@ class Trainer:
         return self.config.eval.dataset != "none"
 
     def _eval_setup(self) -> None:
-        from ..modeling.text import TextClassifier
-        from .evaluate import build_eval_set
-
         cfg = self.config
         synthetic = None
         if cfg.eval.dataset == "synthetic":
@@ -452,7 +462,6 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """GT-mask accuracy and mIoU on the evaluation set (every process takes its share)."""
-        from .evaluate import evaluate_gt_masks
 
         if not self._eval_enabled():
             raise ValueError("no evaluation set: set eval.dataset")
@@ -574,8 +583,6 @@ def _amp_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
 
 
 def _wrap_ddp(module: _StepModule, device: torch.device) -> nn.Module:
-    from torch.nn.parallel import DistributedDataParallel
-
     # Frozen weights and buffers are identical on every process (same seed, same files): DDP neither
     # broadcasts nor syncs them; only the trainable parameters are reduced.
     frozen = [n for n, p in module.named_parameters() if not p.requires_grad] + [n for n, _ in module.named_buffers()]
