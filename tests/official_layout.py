@@ -11,7 +11,7 @@ D, C = 24, 32
 
 
 def official_key_shapes(clip_dim: int, channels: int, k: int = 16, mask_in: int = 16) -> dict[str, tuple]:
-    """The official ``mask_adapter.*`` keys and shapes (spec §1.2), written out by hand."""
+    """The official ``mask_adapter.*`` keys and shapes, written out by hand."""
     keys = {
         "mask_downscaling.0.weight": (mask_in // 4, 1, 3, 3), "mask_downscaling.0.bias": (mask_in // 4,),
         "mask_downscaling.1.weight": (mask_in // 4,), "mask_downscaling.1.bias": (mask_in // 4,),

@@ -262,6 +262,26 @@ def test_gt_masks_mode(setup, monkeypatch, capsys):
         run_evaluation(setup["predictor"], dataset, tasks=["depth"], output_dir=setup["base"] / "x", gt_masks=True)
 
 
+def test_gt_masks_mode_with_panoptic_and_instance_output(setup, monkeypatch, capsys):
+    out = setup["base"] / "out-gt-all"
+    assert run_cli(monkeypatch, eval_args(setup, out, "--gt-masks", "--tasks", "semantic,panoptic,instance")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["metrics"]) == {"classification", "semantic", "panoptic", "instance"}
+    assert "A-150 PQ (GT masks)" in results["summary"] and "A-150 AP (GT masks)" in results["summary"]
+    dataset = load_dataset("ade20k-150", setup["root"])
+    things = dataset.thing_classes
+    for sample in dataset.samples:
+        record = json.loads((out / "predictions" / f"{sample.image_id}.json").read_text())
+        gt_classes = record["gt"]["class_ids"]
+        # one panoptic segment per predicted class (stuff of one class merged), ids in the PNG
+        assert {s["category_id"] for s in record["segments"]} <= set(record["gt"]["predicted"])
+        assert all(things[i["category_id"]] for i in record["instances"])  # thing classes only
+        assert len(record["instances"]) <= len(gt_classes) * len(dataset.vocabulary)
+    # the semantic part equals the semantic-only GT run of the test above
+    sem_only = json.loads((setup["base"] / "out-gt" / "results.json").read_text())
+    assert results["metrics"]["semantic"] == sem_only["metrics"]["semantic"]
+
+
 def test_custom_dataset_semantic_only(setup, monkeypatch, capsys):
     images, labels = setup["base"] / "custom-img", setup["base"] / "custom-lab"
     rng = np.random.default_rng(3)
@@ -285,6 +305,8 @@ def test_custom_dataset_semantic_only(setup, monkeypatch, capsys):
     assert "has no annotations for ['panoptic']" in capsys.readouterr().err
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(setup, first_run):
     script = setup["base"] / "run_cli.py"
     script.write_text("import sys\nimport maskadapter.cli as cli\nsys.exit(cli.main(sys.argv[1:]))\n")

@@ -523,6 +523,7 @@ _DIST_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.distributed
 def test_two_process_reduction_equals_single_process(tmp_path):
     import os
     script = tmp_path / "reduce.py"

@@ -1,4 +1,4 @@
-"""MaskAdapterHead: parity with an independent implementation of the official formula (spec §1.3),
+"""MaskAdapterHead: parity with an independent implementation of the official formula,
 fast path == reference path, strict official keys, gradients, precision and layout, bad input."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ D, C, K = 24, 32, 16
 
 
 def official_formula(sd: dict, clip: torch.Tensor, masks: torch.Tensor, k: int = K) -> torch.Tensor:
-    """Spec §1.3 written from scratch on raw tensors (float64), not using any maskadapter code."""
+    """The official head formula written from scratch on raw tensors (float64), not using any maskadapter code."""
     sd = {n: t.double() for n, t in sd.items()}
     clip = clip.double()
     B, N, Hm, Wm = masks.shape

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from maskadapter import MaskAdapterHead
@@ -67,6 +68,7 @@ print(json.dumps({"extra_mib": (status("VmHWM:") - before) / 2**20}))
 """
 
 
+@pytest.mark.slow
 def test_checkpointing_lowers_peak_memory():
     def extra(flag: str) -> float:
         proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, flag], capture_output=True, text=True,

@@ -257,7 +257,7 @@ def test_position_embedding_sine_mask_dtype_and_scale():
 # Pixel decoder: official key layout
 # ----------------------------------------------------------------------------------------------------------
 def official_pixel_decoder_keys(in_ch, conv_dim, mask_dim, layers, ffn, heads=8, levels=3, points=4):
-    """``sem_seg_head.pixel_decoder.*`` keys and shapes (spec §5.2), prefix removed."""
+    """``sem_seg_head.pixel_decoder.*`` keys and shapes, prefix removed."""
     keys = {}
     for i, name in enumerate(("res5", "res4", "res3")):  # coarsest first
         keys[f"input_proj.{i}.0.weight"] = (conv_dim, in_ch[name], 1, 1)

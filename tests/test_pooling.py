@@ -1,4 +1,4 @@
-"""Pooling: activation pooling and mask embeddings (spec §2.3), the mask-pooling and mask-cropping baselines."""
+"""Pooling: activation pooling and mask embeddings, the mask-pooling and mask-cropping baselines."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inference pre/post-processing (spec §3.1 step 5, §3.4, §3.5): hand-computed cases on tiny tensors."""
+"""Inference pre/post-processing: hand-computed cases on tiny tensors."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- learning
+@pytest.mark.slow
 def test_synthetic_warmup_learns_to_classify_gt_masks(tmp_path):
     """16 classes (chance 6.25%). Measured on the 2-core dev VM: 21.8% before training (random activation
     maps already pool class-specific regions), 39.7% after 100 steps (mIoU 37.2 -> 50.2), in 8-90 s depending
@@ -100,6 +101,8 @@ def test_resume_refuses_another_config_and_foreign_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- DDP
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_processes_with_gloo_match_one_process(tmp_path):
     cfg = synthetic_config(tmp_path, "mixed", data={"synthetic_num_images": 8},
                            solver={"max_iter": 3, "batch_size": 4}, run={"threads": 1, "checkpoint_period": 0},

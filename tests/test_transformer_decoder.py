@@ -1,4 +1,4 @@
-"""FCCLIPTransformerDecoder: official key layout (spec §5.2), strict loading, parity with an independent
+"""FCCLIPTransformerDecoder: official key layout, strict loading, parity with an independent
 per-image implementation of the masked-attention decoder, inference == training outputs, text batching."""
 
 from __future__ import annotations

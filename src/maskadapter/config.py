@@ -10,7 +10,7 @@ __all__ = ["HeadConfig", "ClipConfig"]
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Mask-Adapter head sizes; the defaults are the released architecture (spec §1.1)."""
+    """Mask-Adapter head sizes; the defaults are the released architecture (768 channels, 16 maps, 3 ConvNeXt blocks)."""
 
     clip_dim: int
     num_channels: int = 768

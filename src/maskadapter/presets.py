@@ -1,4 +1,4 @@
-"""The released Mask-Adapter models and their inference constants (spec §3.6); data only."""
+"""The released Mask-Adapter models and their inference constants (thresholds, ensemble weights, CDT mode); data only."""
 
 from __future__ import annotations
 

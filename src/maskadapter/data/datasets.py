@@ -1,4 +1,4 @@
-"""Readers for the prepared evaluation datasets (spec §6.1) and for custom folders of images + label maps.
+"""Readers for the prepared evaluation datasets (the official $DETECTRON2_DATASETS layout) and for custom folders of images + label maps.
 
 Layouts under a data root (the official ``$DETECTRON2_DATASETS``; ``maskadapter prepare`` makes them):
 

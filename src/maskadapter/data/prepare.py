@@ -1,4 +1,4 @@
-"""Convert the official downloads of the benchmarks into the prepared layout the readers expect (spec §6.1).
+"""Convert the official downloads of the benchmarks into the prepared layout the readers expect (the official $DETECTRON2_DATASETS layout).
 
 These re-implement the official ``datasets/prepare_*.py`` scripts of the FC-CLIP / Mask-Adapter repositories
 for the validation splits, without detectron2, panopticapi, mmcv, cv2 or the Detail API. ``RAW`` is the

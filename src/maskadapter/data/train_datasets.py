@@ -1,4 +1,4 @@
-"""Training datasets (COCO-Panoptic, COCO-Stuff), GT-mask sampling and batch collation (spec §4.1, §4.3).
+"""Training datasets (COCO-Panoptic, COCO-Stuff), GT-mask sampling and batch collation, as the official training mappers.
 
 A training sample is ``{"image": uint8 [3, H, W], "masks": bool [N, H, W], "labels": int64 [N],
 "file_name": str}``: contiguous class ids of ``dataset.vocabulary``, no crowd regions, no empty masks.

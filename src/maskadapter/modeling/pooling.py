@@ -1,6 +1,6 @@
 """From masks or activation maps to mask embeddings: the one home of every pooling used in the project.
 
-* :func:`activation_pool` + :func:`mask_embeddings` - Mask-Adapter (spec §2.3).
+* :func:`activation_pool` + :func:`mask_embeddings` - Mask-Adapter: sigmoid-normalised activation maps pool the raw CLIP features.
 * :func:`mask_pool` - FC-CLIP's mask pooling, the paper's Table 3 baseline.
 * :func:`mask_crop_embeddings` - crop each mask's box, blank the background, run CLIP on it (baseline).
 """
@@ -43,7 +43,7 @@ def mask_embeddings(pooled: torch.Tensor, project: Projector, num_maps: int) -> 
         raise ValueError(f"pooled must have shape [B, N*{num_maps}, Cv], got {list(pooled.shape)}")
     B, NK, _ = pooled.shape
     emb = project(pooled)  # [B, N*K, D]
-    # The mean over the K maps is taken after projection and before any normalisation (spec §2.3).
+    # The mean over the K maps is taken after projection and before any normalisation, as in the official code.
     return emb.reshape(B, NK // num_maps, num_maps, emb.shape[-1]).mean(dim=2)
 
 

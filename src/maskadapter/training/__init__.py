@@ -1,4 +1,4 @@
-"""Training the Mask-Adapter: GT-mask warm-up (stage 1) and mixed-mask training (stage 2), see spec §4.
+"""Training the Mask-Adapter: GT-mask warm-up (stage 1) and mixed-mask training (stage 2).
 
 ``TrainConfig`` / ``load_config`` describe a run, ``Trainer`` runs it (resumable, DDP under torchrun);
 ``IoUMatcher`` / ``HungarianMatcher``, ``MaskAdapterLoss`` and ``build_optimizer`` are the pieces.

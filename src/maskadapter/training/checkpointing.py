@@ -23,7 +23,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_weights_only
+from ..checkpoint import CheckpointError, non_tensor_reason, read_checkpoint
 
 __all__ = ["CHECKPOINT_FORMAT", "atomic_save", "rng_state", "set_rng_state", "load_training_checkpoint",
            "is_training_checkpoint"]
@@ -92,18 +92,40 @@ def is_training_checkpoint(obj: Any) -> bool:
 
 
 def load_training_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Read a training checkpoint (weights-only unpickling); CheckpointError if it is not one."""
+    """Read a training checkpoint (weights-only unpickling); CheckpointError naming the file if it is not one
+    or is damaged, FileNotFoundError if it does not exist."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"training checkpoint not found: {path}")
-    obj = load_weights_only(path)
+    obj = read_checkpoint(path)
     if not is_training_checkpoint(obj):
         raise CheckpointError(f"{path} is not a maskadapter training checkpoint (no format '{CHECKPOINT_FORMAT}'); "
                               "an official or exported file can be used as model.weights / model.adapter_weights")
-    if int(obj.get("version", 0)) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, newer than this maskadapter "
-                              f"understands ({CHECKPOINT_VERSION})")
+    version = obj.get("version", 0)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {version!r}, not one this maskadapter understands "
+                              f"(up to {CHECKPOINT_VERSION})")
     for key in ("model", "config", "iteration", "optimizer"):
         if key not in obj:
             raise CheckpointError(f"training checkpoint {path} lacks '{key}': it is damaged")
+    problem = _damage(obj)
+    if problem:
+        raise CheckpointError(f"training checkpoint {path} is damaged: {problem}")
     return obj
+
+
+def _damage(obj: dict[str, Any]) -> str:
+    """What is malformed in a training checkpoint's entries (empty when nothing is)."""
+    if not isinstance(obj["model"], dict):
+        return f"'model' is a {type(obj['model']).__name__}, not a state dict"
+    reason = non_tensor_reason(obj["model"])
+    if reason:
+        return f"its 'model' state dict is not usable: {reason}"
+    config = obj["config"]
+    if not isinstance(config, dict) or not all(isinstance(config.get(s), dict) for s in ("model", "train")):
+        return "'config' is not a config dict with 'model' and 'train' sections"
+    if not isinstance(obj["iteration"], int) or obj["iteration"] < 0:
+        return f"'iteration' is {obj['iteration']!r}, not a step count"
+    if not isinstance(obj["optimizer"], dict):
+        return f"'optimizer' is a {type(obj['optimizer']).__name__}, not an optimizer state"
+    return ""

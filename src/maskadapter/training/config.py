@@ -3,7 +3,7 @@
 A recipe is a YAML mapping with the sections below; every key is optional (defaults are the official
 FC-CLIP-L stage-2 values) and is checked by name and type, so a typo or a wrong type is an error that
 names the key. ``None`` defaults marked "per variant" are resolved from the preset's generator
-(FC-CLIP vs MAFT+) by :meth:`TrainConfig.resolved`, following spec §4.3.
+(FC-CLIP vs MAFT+) by :meth:`TrainConfig.resolved`, as the official FC-CLIP and MAFT+ training code differ.
 
 .. code-block:: yaml
 
@@ -211,7 +211,7 @@ class TrainConfig:
         return self
 
     def resolved(self, generator: str) -> "ResolvedTraining":
-        """The per-variant defaults (spec §4.3) filled in for a preset whose generator is ``generator``."""
+        """The per-variant defaults (FC-CLIP vs MAFT+ official training) filled in for a preset whose generator is ``generator``."""
         if generator not in ("fcclip", "maftp"):
             raise ValueError(f"generator must be 'fcclip' or 'maftp', got {generator!r}")
         fc = generator == "fcclip"

@@ -46,7 +46,7 @@ def build_train_dataset(config: TrainConfig) -> Dataset:
         transform = LargeScaleJitter(data.image_size, scale=(data.min_scale, data.max_scale))
         return CocoPanopticTrain(data.root, transform=transform, seed=seed)
     if data.dataset == "coco_stuff":
-        # The MAFT+ semantic mapper resizes float label maps with F.interpolate (spec §4.3): nearest="torch".
+        # The MAFT+ semantic mapper resizes float label maps with F.interpolate: nearest="torch".
         transform = LargeScaleJitter(data.image_size, scale=(data.min_scale, data.max_scale), nearest="torch")
         return CocoStuffTrain(data.root, transform=transform, seed=seed)
     raise ValueError(f"unknown data.dataset {data.dataset!r}")  # pragma: no cover - the config checks it

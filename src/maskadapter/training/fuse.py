@@ -1,6 +1,6 @@
 """Between and after the stages: fuse a stage-1 adapter with a segmentor, export trained weights.
 
-:func:`fuse_checkpoints` does what the official ``tools/weight_fuse_{fcclip,maftp}.py`` do (spec §4.2): every
+:func:`fuse_checkpoints` does what the official ``tools/weight_fuse_{fcclip,maftp}.py`` do: every
 key of the segmentor checkpoint that starts with ``sem_seg_head`` or ``void`` is copied into the stage-1
 checkpoint's ``model`` dict (so the stage-1 void embedding is replaced by the segmentor's), everything
 else of the stage-1 file is kept, and the result is saved. The segmentor may be ``{'model': sd}``
@@ -20,7 +20,8 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ..checkpoint import CheckpointError, load_weights_only, read_state_dict, save_safetensors, split_checkpoint
+from ..checkpoint import (CheckpointError, non_tensor_reason, read_checkpoint, read_state_dict, save_safetensors,
+                          split_checkpoint)
 from .checkpointing import atomic_save, is_training_checkpoint, load_training_checkpoint
 
 __all__ = ["fuse_checkpoints", "export_state", "save_state", "FUSED_PREFIXES"]
@@ -86,18 +87,19 @@ def fuse_checkpoints(stage1: PathLike, segmentor: PathLike, output: PathLike, ba
     refused unless ``force``: fusing it would replace its trained void embedding (maintainer, issue #17).
     """
     stage1, output = Path(stage1), Path(output)
-    if not stage1.is_file():
-        raise FileNotFoundError(f"stage-1 checkpoint not found: {stage1}")
-    raw: Any = load_weights_only(stage1) if stage1.suffix != ".safetensors" else {"model": read_state_dict(stage1)}
+    raw: Any = read_checkpoint(stage1)  # a safetensors file comes back as a bare state dict
     if is_training_checkpoint(raw):
         fused: dict[str, Any] = {"model": export_state(stage1, full=True, base=base)}
     elif isinstance(raw, dict) and isinstance(raw.get("model"), dict):
         fused = dict(raw)
         fused["model"] = dict(raw["model"])
-    elif isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+    elif isinstance(raw, dict) and any(isinstance(v, torch.Tensor) for v in raw.values()):
         fused = {"model": dict(raw)}  # a bare state dict: wrap it like detectron2 does
     else:
         raise CheckpointError(f"{stage1} is neither a checkpoint with a 'model' dict nor a state dict")
+    reason = non_tensor_reason(fused["model"])
+    if reason:
+        raise CheckpointError(f"{stage1} is not a usable stage-1 checkpoint: {reason}")
     model = fused["model"]
     if any(k.startswith("sem_seg_head.") for k in model) and not force:
         raise ValueError(f"{stage1} already holds sem_seg_head.* keys (a stage-2 or already fused model, or a "

@@ -1,4 +1,4 @@
-"""Matching predicted masks to ground-truth masks for mixed-mask training (spec §4.3 step 3).
+"""Matching predicted masks to ground-truth masks for mixed-mask training (the official IoU matcher, or Hungarian matching).
 
 :class:`IoUMatcher` is the official ``match_via_iou``: binarise predictions (``sigmoid >= t``, 0.4 for
 FC-CLIP, 0.5 for MAFT+) and ground truth (``> 0.5``), compute IoU, pick for every GT one random

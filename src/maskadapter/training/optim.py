@@ -1,4 +1,4 @@
-"""Optimizer parameter groups (detectron2 rules, spec §4.3) and the warm-up multi-step / poly LR schedules.
+"""Optimizer parameter groups (detectron2's rules, as the official training builds them) and the warm-up multi-step / poly LR schedules.
 
 Weight-decay rules, per trainable parameter, by the type of the module that owns it:
 

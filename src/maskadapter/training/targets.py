@@ -83,7 +83,7 @@ def mixed_targets(
     generators: Sequence[torch.Generator],
     mode: Literal["mixed", "predicted"] = "mixed",
 ) -> MaskBatch:
-    """Stage 2 (spec §4.3 steps 2-5) from valid GT masks [N_i, H, W] and generator mask logits [B, Q, h, w].
+    """Stage 2 (GT sampling, matching, mixing, padding) from valid GT masks [N_i, H, W] and generator mask logits [B, Q, h, w].
 
     Per image: ``num_gt`` sampled GT masks; predictions matched against *all* valid GTs resized (bilinear)
     to h x w; matched logits binarised with ``sigmoid > mask_threshold`` then upsampled bilinearly to

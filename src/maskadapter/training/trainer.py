@@ -1,6 +1,6 @@
 """The training loop: stage 1 (GT-mask warm-up) and stage 2 (mixed masks), resumable, single- or multi-process.
 
-Per step (spec §4): the frozen CLIP gives dense features (always in eval mode and without autograd); in stage
+Per step: the frozen CLIP gives dense features (always in eval mode and without autograd); in stage
 2 the frozen generator proposes masks that are matched to the GT; the adapter embeds the sampled / mixed
 masks; ``ce_weight x CE + cos_weight x (1 - cos)`` is back-propagated into the adapter (and the void
 embedding where the variant trains it); AdamW steps with full-model gradient clipping under AMP.
@@ -137,6 +137,8 @@ def _load(model: MaskAdapterModel, path: str, key: str, parts: Optional[Sequence
         model.load_official(path, parts=parts, require_all=require_all)
     except CheckpointError as exc:
         raise CheckpointError(f"config key '{key}': {exc}") from exc
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"config key '{key}': {exc}") from exc
     except ValueError as exc:
         raise ValueError(f"config key '{key.replace('weights', 'load_parts')}': {exc}") from exc
 
@@ -524,7 +526,11 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Union[str, Path]) -> None:
-        """Restore a checkpoint written by a run of the same config (keys in ``RESUME_NEUTRAL_KEYS`` may differ)."""
+        """Restore a checkpoint written by a run of the same config (keys in ``RESUME_NEUTRAL_KEYS`` may differ).
+
+        The trained tensors are checked before any parameter changes; a file that does not fit, or whose optimizer
+        state is damaged, raises CheckpointError naming it.
+        """
         ckpt = load_training_checkpoint(path)
         differing = [k for k in config_diff(ckpt["config"], config_to_dict(self.config)) if k not in RESUME_NEUTRAL_KEYS]
         if differing:
@@ -532,23 +538,27 @@ class Trainer:
                                 f"{_lookup(config_to_dict(self.config), k)!r})" for k in differing[:8])
             raise ValueError(f"cannot resume from {path}: it was written by another config; differing keys: {details}")
         state = ckpt["model"]
-        own = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        if set(state) != own:
-            raise CheckpointError(f"{path}: trained parameters do not match the model "
-                                  f"(missing {sorted(own - set(state))[:5]}, unexpected {sorted(set(state) - own)[:5]})")
-        params = dict(self.model.named_parameters())
+        own = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if set(state) != set(own):
+            raise CheckpointError(f"{path}: trained parameters do not match the model (missing "
+                                  f"{sorted(set(own) - set(state))[:5]}, unexpected {sorted(set(state) - set(own))[:5]})")
+        wrong = [f"{k} has shape {list(v.shape)}, the model {list(own[k].shape)}"
+                 for k, v in state.items() if v.shape != own[k].shape]
+        if wrong:
+            raise CheckpointError(f"{path}: shape mismatch: {'; '.join(wrong[:5])}")
         with torch.no_grad():
             for name, value in state.items():
-                if params[name].shape != value.shape:
-                    raise CheckpointError(f"{path}: {name} has shape {list(value.shape)}, the model "
-                                          f"{list(params[name].shape)}")
-                params[name].copy_(value)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if ckpt.get("rng") and int(ckpt.get("world_size", 1)) == self.dist.world_size:
-            set_rng_state(ckpt["rng"])
+                own[name].copy_(value)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            if ckpt.get("rng") and int(ckpt.get("world_size", 1)) == self.dist.world_size:
+                set_rng_state(ckpt["rng"])
+        except Exception as exc:  # noqa: BLE001 - a damaged entry of any kind: name the file, not a torch frame
+            raise CheckpointError(f"{path}: optimizer, scheduler or RNG state is damaged "
+                                  f"({type(exc).__name__}: {exc})") from exc
         self.iteration = int(ckpt["iteration"])
         self.best_metric = ckpt.get("best_metric")
         self.last_metrics = dict(ckpt.get("metrics") or {})

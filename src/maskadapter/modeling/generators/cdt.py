@@ -1,4 +1,4 @@
-"""MAFT+'s Content-Dependent Transfer (CDT): text embeddings attend to the image, per image (spec §3.3).
+"""MAFT+'s Content-Dependent Transfer (CDT): text embeddings attend to the image, per image.
 
 Keys below ``cdt.``: ``cross_atten.multihead_attn.*``, ``cross_atten.norm.*``, ``cross_atten.MLP.*``.
 Which residual formula applies depends on the preset (the official code switches it with the test-time

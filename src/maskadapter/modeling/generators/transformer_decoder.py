@@ -2,7 +2,7 @@
 
 Behaviour equals the official ``MultiScaleMaskedTransformerDecoder`` of FC-CLIP (also used, unchanged, by
 MAFT+ with 100 queries). Attribute names equal the official ones, so a checkpoint's
-``sem_seg_head.predictor.*`` tensors load strictly once that prefix is removed (spec §5.2).
+``sem_seg_head.predictor.*`` tensors load strictly once that prefix is removed.
 
 Each of ``dec_layers`` layers runs masked cross-attention to one feature level (res5, res4, res3 in
 turn), then self-attention among the queries, then an FFN, all post-norm with dropout 0. Before the
