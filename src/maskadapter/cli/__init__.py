@@ -18,6 +18,9 @@ from . import convert, demo, eval as eval_cmd, fuse, prepare, segment, train
 
 __all__ = ["main", "build_parser"]
 
+#: Libraries that attach their own log handler (their records would otherwise also reach the root handler).
+_SELF_LOGGING = ("huggingface_hub",)
+
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = (segment, demo, eval_cmd, prepare, train, fuse, convert)
 
@@ -42,6 +45,8 @@ def main(argv: Optional[Sequence[str]] = None, commands: Sequence = COMMANDS) ->
     args = build_parser(commands).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for name in _SELF_LOGGING:  # libraries with a handler of their own: print their lines once, not twice
+        logging.getLogger(name).propagate = False
     try:
         return args.func(args)
     except CheckpointError as exc:
