@@ -31,7 +31,8 @@ def child(spec: dict) -> dict:
 
     torch.manual_seed(0)
     model = build_model("fcclip-large")
-    predictor = Predictor(model, "fcclip-large", device=spec["device"], precision=spec["precision"])
+    predictor = Predictor(model, "fcclip-large", device=spec["device"], precision=spec["precision"],
+                          text_cache_dir=False)  # "uncached" must mean uncached
     vocab = builtin_vocabulary(spec["vocab"])
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8) for _ in range(2)]

@@ -118,6 +118,8 @@ class Predictor:
         self.mask_generator = mask_generator
         self.text_classifier = text_classifier or TextClassifier(model.backbone,
                                                                  cache_dir=resolve_text_cache_dir(text_cache_dir))
+        if self.text_classifier.cache_dir is not None:
+            self.model.backbone.text_fingerprint()  # hash the weights now, with the load, not in the first request
         self._train_vocabulary = builtin_vocabulary(self.preset.train_vocabulary)
         self._seen: dict[Vocabulary, torch.Tensor] = {}  # shared by with_options copies
         #: seconds per stage of the last call (preprocess, text, backbone, generator, adapter, postprocess)

@@ -163,19 +163,16 @@ class ClipBackbone(nn.Module):
         return out
 
     def text_fingerprint(self) -> str:
-        """A hash of the text tower's weights (every tensor's name, shape, sum, sum of squares and first
-        values) that names this model in text-embedding caches. Computed once and again only after the
-        weights changed (any in-place write, such as loading a checkpoint, bumps a tensor's version)."""
+        """A SHA-256 of the text tower's weights (every tensor's name, dtype, shape and bytes) that names this
+        model in text-embedding caches. Computed once, and again only after the weights changed (any in-place
+        write, such as loading a checkpoint, bumps a tensor's version)."""
         tensors = self.text_tensors()
         key = (self.config.name,) + tuple((t.data_ptr(), t._version) for t in tensors.values())
         if self._fingerprint[0] != key:
             h = hashlib.sha256(self.config.name.encode())
-            with torch.no_grad():
-                for name, t in tensors.items():
-                    flat = t.detach().reshape(-1).double()
-                    stats = torch.stack([flat.sum(), (flat * flat).sum()])
-                    h.update(f"{name}{tuple(t.shape)}".encode())
-                    h.update(torch.cat([stats, flat[:64]]).cpu().numpy().tobytes())
+            for name, t in tensors.items():
+                h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
             self._fingerprint = (key, h.hexdigest()[:16])
         return self._fingerprint[1]
 
