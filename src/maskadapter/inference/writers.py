@@ -47,28 +47,38 @@ def label_map_image(result: SegmentationResult) -> Image.Image:
 
 
 def display_segments(result: SegmentationResult, task: str) -> tuple[np.ndarray, list[dict]]:
-    """A segment-id map [H, W] (0 = none) and segment dicts to draw for ``task``."""
-    if task == "panoptic" and result.panoptic is not None:
-        return result.panoptic.cpu().numpy(), result.segments
-    if task == "instance" and result.instances is not None:
-        ids = np.zeros(result.image_size, dtype=np.int32)
-        segments = []
+    """A segment-id map int32 [H, W] (0 = none) and the dicts (``id``, ``category_id``, ``score``) to draw for ``task``.
+
+    Instances: one segment each (a class's instances get distinct shades), the highest score on top where
+    masks overlap; instances hidden entirely by higher-scoring ones are left out. A missing output is an error,
+    never a silent fallback to another task.
+    """
+    if task not in ("semantic", "panoptic", "instance"):
+        raise ValueError(f"task must be 'semantic', 'panoptic' or 'instance', got {task!r}")
+    output = {"semantic": result.semantic, "panoptic": result.panoptic, "instance": result.instances}[task]
+    if output is None:
+        raise ValueError(f"the result has no {task} output (predict with {task!r} in tasks)")
+    if task == "panoptic":
+        return result.panoptic.cpu().numpy().astype(np.int32), [dict(s) for s in result.segments]
+    if task == "instance":
         inst = result.instances
-        for i in torch.argsort(inst["scores"].float()).tolist():  # highest score painted last, on top
-            ids[inst["masks"][i].cpu().numpy()] = i + 1
-        for i in range(len(inst["scores"])):
-            if (ids == i + 1).any():
-                segments.append({"id": i + 1, "category_id": int(inst["classes"][i])})
-        return ids, segments
-    if result.semantic is None:
-        raise ValueError(f"the result has no {task} output")
+        ids = np.zeros(result.image_size, dtype=np.int32)
+        masks, scores = inst["masks"], inst["scores"].float()
+        for i in torch.argsort(scores, stable=True).tolist():  # highest score painted last, on top
+            ids[masks[i].cpu().numpy()] = i + 1
+        visible = np.bincount(ids.ravel(), minlength=len(scores) + 1)
+        return ids, [{"id": i + 1, "category_id": int(c), "score": float(scores[i])}
+                     for i, c in enumerate(inst["classes"].tolist()) if visible[i + 1]]
     sem = result.semantic.cpu().numpy()
     present = [int(c) for c in np.unique(sem) if c >= 0]
-    return np.where(sem < 0, 0, sem + 1), [{"id": c + 1, "category_id": c} for c in present]
+    return np.where(sem < 0, 0, sem + 1).astype(np.int32), [{"id": c + 1, "category_id": c} for c in present]
 
 
 def overlay_image(image: np.ndarray, result: SegmentationResult, task: str = "semantic") -> Image.Image:
-    """The segments of ``task`` over ``image`` [H, W, 3] uint8 (resized to the result's size if needed)."""
+    """The segments of ``task`` over ``image`` [H, W, 3] uint8 at the result's size (the image resized if needed).
+
+    Segments are labelled, classes listed in a legend, and an empty result reads "no segments found".
+    """
     if image.shape[:2] != tuple(result.image_size):
         image = np.asarray(Image.fromarray(image).resize(result.image_size[::-1], Image.BILINEAR))
     ids, segments = display_segments(result, task)
