@@ -70,8 +70,12 @@ class MaskAdapterModel(nn.Module):
         present), all required unless ``require_all=False``, which loads those the file holds.
         Errors are :class:`CheckpointError` naming the file.
         """
-        name = str(source) if isinstance(source, (str, os.PathLike)) else "the state dict"
-        state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
+        if isinstance(source, (str, os.PathLike)):
+            name, state = str(source), read_state_dict(source)
+        elif isinstance(source, Mapping):
+            name, state = "the state dict", source
+        else:
+            raise TypeError(f"source must be a checkpoint path or a state dict, got {type(source).__name__}")
         split = split_checkpoint(state)
         modules = self.part_modules()
         if parts is not None:

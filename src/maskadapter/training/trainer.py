@@ -135,8 +135,8 @@ def _load(model: MaskAdapterModel, path: str, key: str, parts: Optional[Sequence
     """Load ``parts`` of the checkpoint ``path`` (config key ``key``); errors name the key and the file."""
     try:
         model.load_official(path, parts=parts, require_all=require_all)
-    except CheckpointError as exc:
-        raise CheckpointError(f"config key '{key}': {exc}") from exc
+    except CheckpointError as exc:  # same class: an UnsafeCheckpointError stays one
+        raise type(exc)(f"config key '{key}': {exc}") from exc
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"config key '{key}': {exc}") from exc
     except ValueError as exc:
