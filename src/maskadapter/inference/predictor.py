@@ -143,11 +143,11 @@ class Predictor:
         state = read_state_dict(path)
         model = build_model(config, architecture or file_architecture)
         try:
-            model.load_official(state)
+            model.load_official(state, name=str(path))
         except CheckpointError as exc:
             fits = guess_preset(state)
-            hint = f" It looks like a checkpoint for preset {fits!r}." if fits and fits != config.name else ""
-            raise CheckpointError(f"{path} does not fit preset {config.name!r}.{hint}\n{exc}") from exc
+            hint = f" (it looks like a checkpoint for preset {fits!r})" if fits and fits != config.name else ""
+            raise CheckpointError(f"{path} does not fit preset {config.name!r}{hint}:\n{exc}") from exc
         return cls(model, config, **kwargs)
 
     @classmethod

@@ -61,19 +61,20 @@ class MaskAdapterModel(nn.Module):
         return {name: module for name, module in parts.items() if module is not None}
 
     def load_official(self, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
-                      parts: Optional[Sequence[str]] = None, require_all: bool = True) -> list[str]:
+                      parts: Optional[Sequence[str]] = None, require_all: bool = True,
+                      name: Optional[str] = None) -> list[str]:
         """Load parts of an official checkpoint (path or state dict) strictly; returns the checkpoint parts
         that were not loaded.
 
         ``parts``: the parts to load (each must be in the model and the file); None: every part the model has
         (``backbone.clip_model``, ``mask_adapter``, ``void_embedding``, and ``sem_seg_head`` / ``cdt`` when
         present), all required unless ``require_all=False``, which loads those the file holds.
-        Errors are :class:`CheckpointError` naming the file.
+        Errors are :class:`CheckpointError` naming the file (or ``name``, for a state dict read elsewhere).
         """
         if isinstance(source, (str, os.PathLike)):
             name, state = str(source), read_state_dict(source)
         elif isinstance(source, Mapping):
-            name, state = "the state dict", source
+            name, state = name or "the state dict", source
         else:
             raise TypeError(f"source must be a checkpoint path or a state dict, got {type(source).__name__}")
         split = split_checkpoint(state)
