@@ -224,6 +224,10 @@ class Trainer:
         if config.run.output_dir is None:
             raise ValueError("config key 'run.output_dir' must be set (or pass --output-dir)")
         self.output_dir = Path(config.run.output_dir).expanduser()
+        resume_state = None
+        if resume:  # read (and check) the file first: a bad one fails before the model and data are built
+            resume_path = self.output_dir / "last.pt" if resume is True else Path(resume)
+            resume_state = load_training_checkpoint(resume_path)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         try:
@@ -276,9 +280,8 @@ class Trainer:
         self._writer = None
         if self._eval_enabled():  # fail now, not after hours of training, if the evaluation data is missing
             self._eval_setup()
-        if resume:
-            path = self.output_dir / "last.pt" if resume is True else Path(resume)
-            self.load_checkpoint(path)
+        if resume_state is not None:
+            self.load_checkpoint(resume_path, resume_state)
         logger.info("training %s: %s, %d trainable tensors (%d values), %s, %d steps/epoch",
                     config.name, self.preset.name, len(self.trainable), sum(p.numel() for p in self.trainable),
                     describe_dataset(self.dataset), self.steps_per_epoch)
@@ -525,13 +528,13 @@ class Trainer:
         dist_utils.barrier()
         return path
 
-    def load_checkpoint(self, path: Union[str, Path]) -> None:
+    def load_checkpoint(self, path: Union[str, Path], ckpt: Optional[dict] = None) -> None:
         """Restore a checkpoint written by a run of the same config (keys in ``RESUME_NEUTRAL_KEYS`` may differ).
 
         The trained tensors are checked before any parameter changes; a file that does not fit, or whose optimizer
-        state is damaged, raises CheckpointError naming it.
+        state is damaged, raises CheckpointError naming it. ``ckpt``: the file's content when already read.
         """
-        ckpt = load_training_checkpoint(path)
+        ckpt = load_training_checkpoint(path) if ckpt is None else ckpt
         differing = [k for k in config_diff(ckpt["config"], config_to_dict(self.config)) if k not in RESUME_NEUTRAL_KEYS]
         if differing:
             details = ", ".join(f"{k} (checkpoint {_lookup(ckpt['config'], k)!r}, now "
