@@ -22,8 +22,11 @@ from PIL import Image
 import maskadapter.cli
 from maskadapter.cli import main
 from maskadapter.data.vocabularies import builtin_vocabulary
-from maskadapter.demo import (READY_VOCABULARIES, TABLE_HEADERS, make_example_images, require_gradio,
-                              segment_request, vocabulary_text)
+from maskadapter.demo import (CLICK_TABLE_HEADERS, OWNER_FILE, READY_VOCABULARIES, SAM_HELP, TABLE_HEADERS,
+                              SamTools, click_request, everything_request, make_example_images, make_work_dir,
+                              ready_vocabulary_of, remove_stale_work_dirs, require_gradio, segment_request,
+                              vocabulary_text)
+from maskadapter.modeling.generators.sam import SamMaskGenerator, SamPromptPredictor
 from maskadapter.inference.writers import label_map_image, overlay_image
 from maskadapter.inference.predictor import Predictor
 from maskadapter.modeling.build import build_model
@@ -31,6 +34,7 @@ from maskadapter.vocabulary import Vocabulary
 
 from conftest import tiny_architecture, tiny_preset
 from conftest import write_tiny_preset
+from sam_fakes import FakeAutomaticGenerator, FakeSamPredictor
 
 VOCAB = "cat, sofa|couch; sky"
 # gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix
@@ -203,6 +207,89 @@ def test_example_images(tmp_path, predictor):
     assert segment_request(predictor, path, vocab, task, output_dir=tmp_path / "out")[0].size == (480, 320)
 
 
+def fake_sam_tools(folder) -> SamTools:
+    """SAM tools around the fakes of sam_fakes.py: colour-region masks for clicks, one mask per colour for
+    'everything'."""
+    ckpt = folder / "fake-sam.pth"
+    ckpt.write_bytes(b"")
+    return SamTools(SamPromptPredictor(ckpt, builder=FakeSamPredictor),
+                    SamMaskGenerator(ckpt, builder=FakeAutomaticGenerator), "Fake SAM")
+
+
+def test_click_request(predictor, tmp_path):
+    sam = fake_sam_tools(tmp_path)
+    street, vocab, _ = make_example_images(tmp_path / "img")[0]  # 480x320, a red car at x 190..300, y 245..290
+    rgb = np.array(Image.open(street).convert("RGB"))
+    overlay, table, label_path, json_path, status = click_request(predictor, sam, street, vocab, [])
+    assert np.array_equal(np.asarray(overlay), rgb)  # no point yet: the image itself
+    assert table == {"headers": CLICK_TABLE_HEADERS, "data": []} and status.startswith("click on an object")
+    overlay, table, label_path, json_path, status = click_request(predictor, sam, street, vocab, [[245, 262, True]])
+    car = (rgb == rgb[262, 245]).all(-1)
+    changed = (np.asarray(overlay).astype(int) != rgb).any(-1)
+    assert changed[car].mean() > 0.9 and changed[~car].mean() < 0.02  # the clicked object, not the rest
+    assert table["headers"] == CLICK_TABLE_HEADERS and [r[0] for r in table["data"]] == [1, 2, 3, 4, 5]
+    probabilities = [float(r[2]) for r in table["data"]]
+    assert probabilities == sorted(probabilities, reverse=True) and (label_path, json_path) == (None, None)
+    assert status.startswith(f"click: {table['data'][0][1]} ({probabilities[0]:.2f}), mask {100 * car.mean():.1f}%")
+    assert "Fake SAM score 0.90, 1 point" in status and "embedding reused" not in status
+    status = click_request(predictor, sam, street, vocab, [[245, 262, True], [10, 10, False]])[4]
+    assert "2 points" in status and "SAM embedding reused" in status
+    assert sam.prompts.embeddings_computed == 1
+    failed = click_request(predictor, sam, street, vocab, [[900, 10, True]])
+    assert failed[0] is None and failed[4].startswith("error: points[0] (900, 10) is outside the 480x320 image")
+    assert click_request(predictor, sam, None, vocab, [[1, 1, True]])[4].startswith("error: no image")
+
+
+def test_everything_request(predictor, tmp_path):
+    sam = fake_sam_tools(tmp_path)
+    beach, vocab, _ = make_example_images(tmp_path / "img")[1]
+    overlay, table, label_path, json_path, status = everything_request(predictor, sam, beach, vocab,
+                                                                       output_dir=tmp_path / "out", name="beach.png")
+    colors = len(np.unique(np.array(Image.open(beach).convert("RGB")).reshape(-1, 3), axis=0))
+    data = json.loads(open(json_path, encoding="utf-8").read())
+    assert len(data["segments_info"]) == colors  # one segment per automatic mask (the fake: one per colour)
+    assert table["headers"] == TABLE_HEADERS and len(table["data"]) == colors
+    assert status.startswith(f"everything: {colors} segments") and overlay.size == (480, 320)
+    assert predictor.mask_generator is None  # the page's predictor is not changed
+
+
+def test_ready_vocabulary_follows_the_text():
+    for label in READY_VOCABULARIES:
+        assert ready_vocabulary_of(vocabulary_text(label)) == label
+    ade = vocabulary_text("ADE20K-150")
+    assert ready_vocabulary_of(ade.replace(", ", ";\n")) == "ADE20K-150"  # other separators: same classes
+    assert ready_vocabulary_of(ade + ", zebra") == "custom"
+    assert ready_vocabulary_of(ade.replace("wall|", "", 1)) == "custom"  # a synonym less
+    assert ready_vocabulary_of("") == ready_vocabulary_of("cat, Cat") == "custom"
+
+
+def test_stale_work_folders_of_ended_runs_are_removed(tmp_path):
+    import subprocess
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    folders = {name: tmp_path / f"maskadapter-demo-{name}" for name in ("dead", "alive", "orphan-old", "orphan-new",
+                                                                         "garbled")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "labels.png").write_bytes(b"x")
+    (folders["dead"] / OWNER_FILE).write_text(str(dead_pid))
+    (folders["alive"] / OWNER_FILE).write_text(str(os.getppid()))
+    (folders["garbled"] / OWNER_FILE).write_text("not a pid")
+    os.utime(folders["orphan-old"], (time.time() - 7200, time.time() - 7200))
+    (tmp_path / "other-folder").mkdir()
+    removed = remove_stale_work_dirs(tmp_path)
+    assert sorted(p.name for p in removed) == ["maskadapter-demo-dead", "maskadapter-demo-orphan-old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["maskadapter-demo-alive", "maskadapter-demo-orphan-new", "maskadapter-demo-garbled", "other-folder"])
+    mine = make_work_dir()
+    try:
+        assert mine.name.startswith("maskadapter-demo-") and (mine / OWNER_FILE).read_text() == str(os.getpid())
+        assert mine not in remove_stale_work_dirs(mine.parent)  # this process is alive
+    finally:
+        shutil.rmtree(mine)
+
+
 # ---------------------------------------------------------------------------------------------- page and command
 def test_missing_gradio_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
@@ -259,6 +346,70 @@ def test_build_demo_unexpected_failure_is_a_short_page_error(image_file, caplog)
     assert "demo request failed" in caplog.text and "Traceback" in caplog.text  # details go to the terminal
 
 
+def _config(demo):
+    return demo.get_config_file()
+
+
+def _markdowns(demo) -> list[str]:
+    return [c["props"]["value"] for c in _config(demo)["components"] if c["type"] == "markdown"]
+
+
+def _selected_tab(demo):
+    (tabs,) = [c for c in _config(demo)["components"] if c["type"] == "tabs"]
+    return tabs["props"]["selected"]
+
+
+def test_page_header_shows_resolved_precision_and_sam_help(model):
+    _gradio()
+    from maskadapter.demo import build_demo
+
+    predictor = Predictor(model, tiny_preset(), precision="auto", text_cache_dir=False)
+    demo = build_demo(predictor, examples=[])
+    header = _markdowns(demo)[0]
+    assert f"on `cpu` (precision `{predictor.resolved_precision}`)" in header and "auto" not in header
+    assert SAM_HELP in _markdowns(demo) and "--sam-checkpoint" in SAM_HELP  # the SAM tab says how to enable it
+    assert _selected_tab(demo) == "preset"
+    assert not [fn for fn in demo.fns.values() if fn.api_name in ("click", "everything")]
+
+
+@pytest.mark.slow  # builds a page and runs three SAM requests
+def test_sam_page_functions(predictor, tmp_path):
+    gr = _gradio()
+    from maskadapter.demo import build_demo
+
+    demo = build_demo(predictor, examples=[], sam=fake_sam_tools(tmp_path))
+    assert "Fake SAM for the SAM tab" in _markdowns(demo)[0]
+    fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    assert {"segment", "click", "undo", "everything"} <= set(fns)
+    for name in ("segment", "click", "undo", "everything"):  # one model run at a time, across both tabs
+        assert fns[name].concurrency_id == "model" and fns[name].concurrency_limit == 1, name
+    (street, vocab, _), _, (room, room_vocab, _) = make_example_images(tmp_path / "img")
+    payload = {"path": street, "orig_name": "street.png"}
+    points = []
+    for x, y, kind in ((245, 262, "positive (on the object)"), (10, 10, "negative (not the object)")):
+        *outputs, points = fns["click"].fn(payload, vocab, kind, points,
+                                           gr.SelectData(None, {"index": [x, y], "value": None}))
+    assert points == [[245.0, 262.0, True], [10.0, 10.0, False]] and outputs[-1].startswith("click: ")
+    *outputs, points = fns["undo"].fn(payload, vocab, points)
+    assert points == [[245.0, 262.0, True]] and "1 point," in outputs[-1]
+    overlay, table, label_path, json_path, status = fns["everything"].fn({"path": room, "orig_name": "room.png"},
+                                                                         room_vocab)
+    assert status.startswith("everything: ") and os.path.basename(json_path) == "room.json"
+
+
+def test_adapter_only_page_opens_on_the_sam_tab(tmp_path):
+    _gradio()
+    from types import SimpleNamespace
+
+    from maskadapter.demo import build_demo
+
+    adapter_only = SimpleNamespace(model=SimpleNamespace(sem_seg_head=None), mask_generator=None, device="cpu",
+                                   resolved_precision="fp32", preset=SimpleNamespace(name="fcclip-large"))
+    demo = build_demo(adapter_only, examples=[], sam=fake_sam_tools(tmp_path))
+    assert _selected_tab(demo) == "sam"
+    assert any("adapter-only" in m for m in _markdowns(demo))
+
+
 @pytest.fixture(scope="module")
 def preset_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-cli")
@@ -278,13 +429,15 @@ def test_cli_demo_loads_model_once_then_launches(preset_files, tmp_path, monkeyp
     examples = tmp_path / "examples"
     examples.mkdir()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(examples / "green.jpg")
+    Image.new("RGB", (40, 30), (200, 10, 30)).save(examples / "red.png")
+    (examples / "red.txt").write_text("apple\nfire truck, fire engine\n")  # red.png's own vocabulary
     (examples / "notes.txt").write_text("not an image")
     loads, built, launched = [], [], []
     build_predictor, build_demo = maskadapter.cli.demo.build_predictor, maskadapter.demo.build_demo
     monkeypatch.setattr(maskadapter.cli.demo, "build_predictor", lambda args: loads.append(args) or
                         build_predictor(args))
-    monkeypatch.setattr(maskadapter.demo, "build_demo", lambda p, examples=None: built.append((p, examples)) or
-                        build_demo(p, examples=examples))
+    monkeypatch.setattr(maskadapter.demo, "build_demo", lambda p, examples=None, sam=None:
+                        built.append((p, examples)) or build_demo(p, examples=examples, sam=sam))
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append((self, kw)))
     sigterm = signal.getsignal(signal.SIGTERM)
     code = main(["demo", "--preset", str(preset_file), "--weights", str(weights), "--port", "7999",
@@ -294,11 +447,60 @@ def test_cli_demo_loads_model_once_then_launches(preset_files, tmp_path, monkeyp
     assert len(loads) == 1 and len(built) == 1 and len(launched) == 1
     predictor, example_paths = built[0]
     assert isinstance(predictor, Predictor) and predictor.preset.name == "tiny-fcclip-large"
-    assert example_paths == [str(examples / "green.jpg")]
+    assert example_paths == [str(examples / "green.jpg"), (str(examples / "red.png"), "apple, fire truck|fire engine")]
     demo, kwargs = launched[0]
     assert isinstance(demo, gr.Blocks)
     assert kwargs["server_name"] == "127.0.0.1" and kwargs["server_port"] == 7999
     assert kwargs["allowed_paths"] == [str(examples.resolve())]
+    # no public link, even with GRADIO_SHARE set, and no gradio banner with its share=True hint
+    assert kwargs["share"] is False and kwargs["quiet"] is True
+
+
+def test_cli_demo_loads_sam_once_for_both_tabs(preset_files, tmp_path, monkeypatch):
+    gr = _gradio()
+    import maskadapter.demo
+
+    preset_file, weights = preset_files
+    sam_file = tmp_path / "sam_vit_b_01ec64.pth"
+    sam_file.write_bytes(b"")
+    loads, built = [], []
+    monkeypatch.setattr(maskadapter.demo.SamTools, "load", classmethod(
+        lambda cls, *args, **kwargs: loads.append(args) or fake_sam_tools(tmp_path)))
+    build_demo = maskadapter.demo.build_demo
+    monkeypatch.setattr(maskadapter.demo, "build_demo", lambda p, examples=None, sam=None:
+                        built.append((p, sam)) or build_demo(p, examples=[], sam=sam))
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: None)
+    code = main(["demo", "--preset", str(preset_file), "--weights", str(weights), "--precision", "fp32",
+                 "--device", "cpu", "--sam-checkpoint", str(sam_file), "--sam-backend", "sam", "--generator", "sam"])
+    assert code == 0 and len(loads) == 1 and loads[0][:2] == (str(sam_file), "sam")
+    predictor, sam = built[0]
+    assert sam is not None and predictor.mask_generator is sam.generator  # --generator sam: the same network
+
+
+def test_cli_demo_adapter_only(preset_files, model, tmp_path, monkeypatch, capsys):
+    gr = _gradio()
+    import maskadapter.demo
+
+    preset_file, weights = preset_files
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("launched"))
+    assert main(["demo", "--preset", str(preset_file), "--weights", str(weights), "--adapter-only"]) == 1
+    assert "--adapter-only has no mask decoder: give --sam-checkpoint PATH" in capsys.readouterr().err
+    assert main(["demo", "--preset", str(preset_file), "--clip-weights", str(weights)]) == 1
+    assert "--clip-weights goes with --adapter-only" in capsys.readouterr().err
+    adapter = tmp_path / "adapter.pth"
+    torch.save({"model": {k: v for k, v in model.state_dict().items() if k.startswith("mask_adapter.")}}, adapter)
+    sam_file = tmp_path / "sam.pth"
+    sam_file.write_bytes(b"")
+    monkeypatch.setattr(maskadapter.demo.SamTools, "load", classmethod(lambda cls, *a, **k: fake_sam_tools(tmp_path)))
+    built = []
+    page = type("Page", (), {"launch": lambda self, **kw: None})()
+    monkeypatch.setattr(maskadapter.demo, "build_demo", lambda p, examples=None, sam=None: built.append(p) or page)
+    code = main(["demo", "--preset", str(preset_file), "--weights", str(adapter), "--adapter-only", "--clip-weights",
+                 str(weights), "--sam-checkpoint", str(sam_file), "--device", "cpu"])
+    assert code == 0 and built[0].model.sem_seg_head is None
+    assert main(["demo", "--preset", str(preset_file), "--weights", str(adapter), "--adapter-only",
+                 "--sam-checkpoint", str(sam_file), "--device", "cpu"]) == 2  # no CLIP weights: a checkpoint error
+    assert "pass clip_weights=" in capsys.readouterr().err
 
 
 def test_cli_demo_missing_weights_reported_at_start(monkeypatch, capsys):
@@ -354,7 +556,7 @@ def served(model, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("demo-cwd")
     old_cwd = os.getcwd()
     os.chdir(cwd)
-    demo = build_demo(predictor)
+    demo = build_demo(predictor, sam=fake_sam_tools(tmp_path_factory.mktemp("demo-sam")))
     port = _free_port()
     try:
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -413,6 +615,7 @@ def _overlay_size(page) -> tuple[int, int]:
                                " return [i.naturalWidth, i.naturalHeight]; }"))
 
 
+@pytest.mark.browser
 def test_browser_segment_upload(served, browser, tmp_path):
     url, stats = served
     external: list[str] = []
@@ -451,6 +654,7 @@ def test_browser_segment_upload(served, browser, tmp_path):
     assert external == [], f"the page asked for resources outside the demo server: {external}"
 
 
+@pytest.mark.browser
 def test_browser_readable_errors_and_ready_vocabulary(served, browser, tmp_path):
     url, _ = served
     external: list[str] = []
@@ -468,6 +672,12 @@ def test_browser_readable_errors_and_ready_vocabulary(served, browser, tmp_path)
     page.get_by_role("option", name="Pascal Context 59").click()
     page.wait_for_function("() => document.querySelector('#vocabulary textarea').value.startsWith('aeroplane|')")
     assert page.locator("#vocabulary textarea").input_value() == vocabulary_text("Pascal Context 59")
+    assert page.locator("#ready-vocabulary input").input_value() == "Pascal Context 59"
+    # the menu follows the text: an edit makes it "custom", the ready text typed back names it again
+    page.locator("#vocabulary textarea").fill(vocabulary_text("Pascal Context 59") + ", zebra")
+    page.wait_for_function("() => document.querySelector('#ready-vocabulary input').value === 'custom'")
+    page.locator("#vocabulary textarea").fill(vocabulary_text("ADE20K-150"))
+    page.wait_for_function("() => document.querySelector('#ready-vocabulary input').value === 'ADE20K-150'")
     page.locator("#vocabulary textarea").fill("  ")
     assert _segment(page).startswith("error: empty vocabulary")
     assert page.locator("#overlay img").count() == 0
@@ -475,6 +685,7 @@ def test_browser_readable_errors_and_ready_vocabulary(served, browser, tmp_path)
     assert external == []
 
 
+@pytest.mark.browser
 def test_browser_example_and_two_users_queued(served, browser):
     url, stats = served
     external: list[str] = []
@@ -501,4 +712,87 @@ def test_browser_example_and_two_users_queued(served, browser):
     assert stats["calls"] == 2 and stats["max_active"] == 1  # ...and waited: the model never ran twice at once
     for page in pages:
         page.close()
+    assert external == []
+
+
+def _canvas_pixels(page, tmp_path, name: str) -> np.ndarray:
+    """The SAM tab's canvas image as the server sent it (pixels at the image's size)."""
+    page.wait_for_function("() => { const i = document.querySelector('#sam-canvas img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+    path = tmp_path / name
+    path.write_bytes(page.request.get(page.locator("#sam-canvas img").get_attribute("src")).body())
+    return np.array(Image.open(path).convert("RGB"))
+
+
+def _click_canvas(page, x: int, y: int) -> str:
+    """Click image pixel (x, y) of the SAM canvas; wait for the status to change and return it."""
+    before = page.locator("#sam-status textarea").input_value()
+    img = page.locator("#sam-canvas img")
+    box = img.bounding_box()
+    width, height = page.evaluate("() => { const i = document.querySelector('#sam-canvas img');"
+                                  " return [i.naturalWidth, i.naturalHeight]; }")
+    page.mouse.click(box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height)
+    page.wait_for_function("b => document.querySelector('#sam-status textarea').value !== b", arg=before,
+                           timeout=30_000)
+    return page.locator("#sam-status textarea").input_value()
+
+
+def _table_rows(page, selector: str) -> list[list[str]]:
+    """The cells of a gradio Dataframe, row by row (its cells are role=gridcell elements with data-row/-col)."""
+    cells = page.evaluate("""s => Array.from(document.querySelectorAll(s + ' [role=gridcell][data-row]')).map(
+        c => [+c.dataset.row, +c.dataset.col, c.innerText.trim()])""", selector)
+    rows: dict[int, dict[int, str]] = {}
+    for row, col, value in cells:
+        rows.setdefault(row, {})[col] = value
+    return [[cols[c] for c in sorted(cols)] for _, cols in sorted(rows.items())]
+
+
+@pytest.mark.browser
+def test_browser_sam_click_and_everything(served, browser, tmp_path):
+    url, _ = served
+    external: list[str] = []
+    street, vocab, _ = make_example_images(tmp_path / "img")[0]  # a red car at x 190..300, y 245..290
+    rgb = np.array(Image.open(street).convert("RGB"))
+    page = _open_page(browser, url, external)
+    page.get_by_role("tab", name="SAM: click or everything").click()
+    page.wait_for_selector("#sam-input-image input[type=file]", state="attached", timeout=10_000)
+    page.locator("#vocabulary textarea").fill("cat")
+    page.locator("#sam-examples tbody tr").first.click()  # the street example: its image and its vocabulary
+    page.wait_for_function("() => document.querySelector('#sam-status textarea').value.startsWith('click on')",
+                           timeout=30_000)
+    assert page.locator("#vocabulary textarea").input_value() == vocab
+    assert np.array_equal(_canvas_pixels(page, tmp_path, "before.png"), rgb)
+    status = _click_canvas(page, 245, 262)  # on the car
+    assert status.startswith("click: ") and "1 point" in status, status
+    after = _canvas_pixels(page, tmp_path, "after.png")
+    car = (rgb == rgb[262, 245]).all(-1)
+    changed = (after.astype(int) != rgb).any(-1)
+    assert changed[car].mean() > 0.9 and changed[~car].mean() < 0.02  # the overlay changed there, only there
+    rows = _table_rows(page, "#sam-table")
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"] and rows[0][1] == status.split(": ")[1].split(" (")[0]
+    assert rows[0][1] in Vocabulary.parse(vocab).names and float(rows[0][2]) >= float(rows[-1][2])
+    # a negative point elsewhere, then undo and clear
+    page.locator("#sam-point-kind").get_by_label("negative (not the object)").check()
+    assert "2 points" in _click_canvas(page, 20, 300) and "SAM embedding reused" in \
+        page.locator("#sam-status textarea").input_value()
+    before = page.locator("#sam-status textarea").input_value()
+    page.locator("#sam-undo").click()
+    page.wait_for_function("b => document.querySelector('#sam-status textarea').value !== b", arg=before)
+    assert "1 point," in page.locator("#sam-status textarea").input_value()
+    page.locator("#sam-clear").click()
+    page.wait_for_function("() => document.querySelector('#sam-status textarea').value.startsWith('click on')")
+    assert np.array_equal(_canvas_pixels(page, tmp_path, "cleared.png"), rgb)
+    # segment everything: one segment per automatic mask
+    page.locator("#sam-everything").click()
+    page.wait_for_function("() => document.querySelector('#sam-status textarea').value.startsWith('everything:')",
+                           timeout=30_000)
+    count = int(page.locator("#sam-status textarea").input_value().split(": ")[1].split(" segment")[0])
+    page.wait_for_function("n => document.querySelector('#sam-table [role=grid]').getAttribute('aria-rowcount') == n",
+                           arg=str(count + 1))  # the table lists every segment (a header row + one per mask)
+    assert count > 5 and len(_table_rows(page, "#sam-table")[0]) == len(TABLE_HEADERS)  # "#, class, score, area %"
+    assert page.locator("#sam-json-file a[data-testid=download-link]").get_attribute("href").endswith("street.json")
+    shot = tmp_path / "demo_sam_page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    page.close()
     assert external == []

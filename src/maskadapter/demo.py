@@ -3,12 +3,18 @@
 The page adds nothing to the library: the same :class:`~maskadapter.inference.predictor.Predictor`, the same
 post-processing and the same writers (:mod:`maskadapter.inference.writers`) as ``maskadapter segment``. gradio is an
 optional dependency (``pip install 'maskadapter[demo]'``), imported only by :func:`build_demo`;
-:func:`segment_request`, the function the page calls, needs no gradio and is tested directly.
+:func:`segment_request`, :func:`click_request` and :func:`everything_request`, the functions the page calls, need
+no gradio and are tested directly. The SAM tab (click to segment, or segment everything) needs a SAM / SAM 2
+checkpoint (:class:`SamTools`); without one it says how to enable it.
+
+Files: every run works in a ``maskadapter-demo-*`` folder of the system's temporary directory holding an
+``owner.pid`` file; a later start removes the folders whose owner process has ended (a killed earlier run).
+Every file is written atomically (:mod:`maskadapter.fileio`).
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import re
@@ -16,6 +22,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional, Sequence, Union
@@ -24,12 +31,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .data.vocabularies import builtin_vocabulary
+from .fileio import atomic_save_image, atomic_write_json, atomic_write_text
 from .images import ImageInput, to_rgb_tensor
+from .inference.prompts import draw_prompts, prompt_overlay, segment_prompts
 from .inference.writers import label_map_image, overlay_image, result_to_json
+from .modeling.generators.sam import MaskProposer, PromptPredictor, SamMaskGenerator, SamPromptPredictor, load_sam
 from .vocabulary import Vocabulary
 
-__all__ = ["segment_request", "build_demo", "READY_VOCABULARIES", "vocabulary_text", "make_example_images",
-           "TABLE_HEADERS", "DEMO_INSTALL_HINT", "require_gradio"]
+__all__ = ["segment_request", "click_request", "everything_request", "build_demo", "SamTools", "READY_VOCABULARIES",
+           "vocabulary_text", "ready_vocabulary_of", "make_example_images", "TABLE_HEADERS", "CLICK_TABLE_HEADERS",
+           "DEMO_INSTALL_HINT", "SAM_HELP", "require_gradio", "make_work_dir", "remove_stale_work_dirs"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +49,20 @@ DEMO_INSTALL_HINT = "pip install 'maskadapter[demo]'"
 READY_VOCABULARIES = {"ADE20K-150": "ade20k_150", "COCO (panoptic)": "coco_panoptic",
                       "Pascal Context 59": "pascal_ctx_59"}
 TABLE_HEADERS = ["#", "class", "score", "area %"]
+CLICK_TABLE_HEADERS = ["rank", "class", "probability"]
+WORK_PREFIX = "maskadapter-demo-"
+OWNER_FILE = "owner.pid"
+#: What the SAM tab says when the demo runs without SAM.
+SAM_HELP = ("SAM is not loaded. Start the demo with a SAM or SAM 2 checkpoint to click on objects (SAM segments "
+            "them, Mask-Adapter names them) or segment everything:\n\n"
+            "    pip install 'maskadapter[sam]'   # or 'maskadapter[sam2]'\n"
+            "    maskadapter demo --sam-checkpoint sam_vit_b_01ec64.pth --sam-backend sam --sam-model vit_b\n"
+            "    maskadapter demo --sam-checkpoint sam2.1_hiera_large.pt --sam-backend sam2\n\n"
+            "Checkpoints: the SAM / SAM 2 releases of facebookresearch (the model type is read from the released "
+            "file name; --sam-model names it otherwise).")
+_ORPHAN_AGE_S = 3600.0  # work folders without an owner file (older versions) are removed after this age
+Points = list[list[Any]]  # [[x, y, positive], ...]: JSON-friendly, kept in the page's session state
+ClickOutput = tuple[Optional[Image.Image], dict, Optional[str], Optional[str], str]
 _TASK_OUTPUTS = {"semantic": ("semantic",), "panoptic": ("semantic", "panoptic"),
                  "instance": ("semantic", "instance")}
 _KEEP_REQUEST_DIRS = 8  # downloads of older requests are deleted (gradio has copied them to its cache by then)
@@ -48,8 +73,75 @@ RequestOutput = tuple[Optional[Image.Image], Rows, Optional[str], Optional[str],
 
 def vocabulary_text(name: str) -> str:
     """A built-in vocabulary (``READY_VOCABULARIES`` key or built-in name) in the inline syntax of ``--vocab``."""
-    vocab = builtin_vocabulary(READY_VOCABULARIES.get(name, name))
-    return ", ".join("|".join(synonyms) for synonyms in vocab.classes)
+    return builtin_vocabulary(READY_VOCABULARIES.get(name, name)).to_text()
+
+
+def ready_vocabulary_of(text: Optional[str]) -> str:
+    """The ``READY_VOCABULARIES`` entry whose classes ``text`` spells (blanks and separators may differ), else
+    ``"custom"``: what the page's "Ready vocabularies" menu shows for the text box."""
+    try:
+        vocab = Vocabulary.parse(text or "")
+    except (ValueError, TypeError):
+        return "custom"
+    for label in READY_VOCABULARIES:
+        if vocab == _ready_vocabulary(label):
+            return label
+    return "custom"
+
+
+@functools.lru_cache(maxsize=None)
+def _ready_vocabulary(label: str) -> Vocabulary:
+    return builtin_vocabulary(READY_VOCABULARIES[label])
+
+
+def make_work_dir() -> Path:
+    """A new ``maskadapter-demo-*`` folder in the temporary directory, owned by this process (``owner.pid``)."""
+    path = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+    atomic_write_text(path / OWNER_FILE, str(os.getpid()))
+    return path
+
+
+def remove_stale_work_dirs(root: Optional[Union[str, os.PathLike]] = None) -> list[Path]:
+    """Remove the ``maskadapter-demo-*`` folders under ``root`` (default: the temporary directory) of ended runs:
+    their owner process is gone, or (older versions) they have no owner file and are over an hour old. Only
+    this user's folders are touched; returns the removed ones."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(WORK_PREFIX + "*"):
+        try:
+            if path.is_symlink() or not path.is_dir() or (hasattr(os, "getuid") and path.stat().st_uid != os.getuid()):
+                continue
+            if not _ended(path):
+                continue
+        except OSError:  # removed meanwhile by another run
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        logger.info("removed %d work folders of ended demo runs", len(removed))
+    return removed
+
+
+def _ended(path: Path) -> bool:
+    """Whether the run that made work folder ``path`` has ended."""
+    try:
+        pid = int((path / OWNER_FILE).read_text(encoding="utf-8").strip())
+    except FileNotFoundError:
+        return time.time() - path.stat().st_mtime > _ORPHAN_AGE_S
+    except (ValueError, OSError):
+        return False
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would stop the process on Windows: keep the folder
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def segment_request(predictor: Any, image: Optional[ImageInput], vocabulary_text: Optional[str], task: str,
@@ -61,19 +153,13 @@ def segment_request(predictor: Any, image: Optional[ImageInput], vocabulary_text
     path, segments JSON path, status line). Bad input (no image, an unreadable file, an empty or invalid
     vocabulary, an image over the Predictor's size limit) gives ``(None, [], None, None, "error: ...")``
     instead of raising, so the page shows the reason. Files go to ``output_dir`` (default: a new temporary
-    directory), never to the working directory.
+    directory, :func:`make_work_dir`), never to the working directory.
     """
     start = time.perf_counter()
     try:
-        if image is None or (isinstance(image, str) and not image.strip()):
-            raise ValueError("no image: upload an image or pick an example")
         if task not in _TASK_OUTPUTS:
             raise ValueError(f"task must be one of {', '.join(_TASK_OUTPUTS)}, got {task!r}")
-        if not vocabulary_text or not vocabulary_text.strip():
-            raise ValueError('empty vocabulary: type class names separated by "," (synonyms joined by "|"), '
-                             "or pick a ready vocabulary")
-        vocab = Vocabulary.parse(vocabulary_text)
-        rgb = to_rgb_tensor(image)
+        rgb, vocab = _image_and_vocabulary(image, vocabulary_text)
         result = predictor.predict(rgb, vocab, tasks=_TASK_OUTPUTS[task])
     except (ValueError, TypeError, OSError) as exc:
         logger.info("demo request refused: %s", exc)
@@ -81,11 +167,10 @@ def segment_request(predictor: Any, image: Optional[ImageInput], vocabulary_text
     overlay = overlay_image(rgb.permute(1, 2, 0).numpy(), result, task)
     stem = _safe_stem(name)
     data = result_to_json(result, Path(name).name if name else "image", task)
-    out_dir = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="maskadapter-demo-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(output_dir) if output_dir is not None else make_work_dir()
     label_path, json_path = out_dir / f"{stem}_labels.png", out_dir / f"{stem}.json"
-    label_map_image(result).save(label_path)
-    json_path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    atomic_save_image(label_map_image(result), label_path)
+    atomic_write_json(json_path, data)
     rows = _table_rows(data, task, result.image_size)
     H, W = result.image_size
     status = (f"{task}: {len(rows)} segment{'' if len(rows) == 1 else 's'}, {len(vocab)} classes in the "
@@ -94,6 +179,91 @@ def segment_request(predictor: Any, image: Optional[ImageInput], vocabulary_text
     if (H, W) != tuple(rgb.shape[1:]):
         status += f" (image {rgb.shape[2]}x{rgb.shape[1]} scaled down)"
     return overlay, rows, str(label_path), str(json_path), status
+
+
+def _image_and_vocabulary(image: Optional[ImageInput], text: Optional[str]) -> tuple[Any, Vocabulary]:
+    """The decoded image [3, H, W] uint8 and the parsed vocabulary of a request; ValueError saying what is missing."""
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise ValueError("no image: upload an image or pick an example")
+    if not text or not text.strip():
+        raise ValueError('empty vocabulary: type class names separated by "," (synonyms joined by "|"), '
+                         "or pick a ready vocabulary")
+    vocab = Vocabulary.parse(text)
+    return to_rgb_tensor(image), vocab
+
+
+@dataclass
+class SamTools:
+    """What the SAM tab runs: a prompt predictor (click mode), an automatic mask generator (everything mode)
+    and a display name. :meth:`load` builds both around one SAM / SAM 2 network."""
+
+    prompts: PromptPredictor
+    generator: Optional[MaskProposer] = None
+    name: str = "SAM"
+
+    @classmethod
+    def load(cls, checkpoint: Union[str, os.PathLike], backend: str = "sam", model_type: Optional[str] = None,
+             device: Any = "cpu", **generator_kwargs: Any) -> "SamTools":
+        """Load the network once and wrap it for both modes (``generator_kwargs`` go to the automatic generator)."""
+        model = load_sam(checkpoint, backend, model_type, device)
+        return cls(SamPromptPredictor(model), SamMaskGenerator(model, **generator_kwargs), model.describe())
+
+
+def click_request(predictor: Any, sam: SamTools, image: Optional[ImageInput], vocabulary_text: Optional[str],
+                  points: Sequence[Sequence[Any]]) -> ClickOutput:
+    """One click of the SAM tab: segment the object the ``points`` ([x, y, positive] in image pixels) mark.
+
+    Returns (overlay with the mask, its class and the points; the top-5 table as ``{"headers", "data"}`` with rows
+    ``[rank, class, probability]``; no label map / JSON (None, None); status). With no points the overlay is the
+    image itself. Bad input gives ``(None, empty table, None, None, "error: ...")``.
+    """
+    start = time.perf_counter()
+    try:
+        rgb, vocab = _image_and_vocabulary(image, vocabulary_text)
+        if not points:
+            return Image.fromarray(rgb.permute(1, 2, 0).numpy()), _table(CLICK_TABLE_HEADERS), None, None, \
+                "click on an object: a positive point selects it, a negative point removes what it touches"
+        result = segment_prompts(predictor, sam.prompts, rgb, vocab, points=[tuple(p) for p in points])
+    except (ValueError, TypeError, OSError) as exc:
+        logger.info("demo click refused: %s", exc)
+        return None, _table(CLICK_TABLE_HEADERS), None, None, f"error: {exc}"
+    image_array = rgb.permute(1, 2, 0).numpy()
+    seconds = time.perf_counter() - start
+    reused = "" if result.embedding_computed else ", SAM embedding reused"
+    n = len(points)
+    if int(result.areas[0]) == 0:
+        overlay = draw_prompts(Image.fromarray(image_array), [tuple(p) for p in points], [])
+        return overlay, _table(CLICK_TABLE_HEADERS), None, None, \
+            f"{sam.name} found no mask at these points ({n} point{'s' * (n != 1)}); try another spot"
+    top = result.top(0)
+    rows = [[rank + 1, label, f"{score:.3f}"] for rank, (label, score) in enumerate(top)]
+    share = 100 * int(result.areas[0]) / (result.image_size[0] * result.image_size[1])
+    status = (f"click: {top[0][0]} ({top[0][1]:.2f}), mask {share:.1f}% of the image, {sam.name} score "
+              f"{float(result.sam_scores[0]):.2f}, {n} point{'s' * (n != 1)}, {seconds:.2f} s{reused}")
+    return prompt_overlay(image_array, result), _table(CLICK_TABLE_HEADERS, rows), None, None, status
+
+
+def everything_request(predictor: Any, sam: SamTools, image: Optional[ImageInput], vocabulary_text: Optional[str],
+                       output_dir: Optional[Union[str, os.PathLike]] = None, name: Optional[str] = None
+                       ) -> ClickOutput:
+    """Segment everything: SAM's automatic masks, each classified by the adapter (one panoptic segment per mask).
+
+    Returns what :func:`segment_request` returns for the panoptic task, the rows as ``{"headers", "data"}``."""
+    if sam.generator is None:
+        return None, _table(TABLE_HEADERS), None, None, "error: this SAM has no automatic mask generator"
+    from .inference.predictor import Predictor
+
+    # the page's model, text cache and options; only the masks come from SAM
+    automatic = Predictor(predictor.model, predictor.preset, predictor.device, predictor.options,
+                          mask_generator=sam.generator, text_classifier=predictor.text_classifier)
+    overlay, rows, label_path, json_path, status = segment_request(automatic, image, vocabulary_text, "panoptic",
+                                                                   output_dir=output_dir, name=name)
+    return overlay, _table(TABLE_HEADERS, rows), label_path, json_path, status.replace("panoptic:", "everything:", 1)
+
+
+def _table(headers: list[str], rows: Optional[Rows] = None) -> dict:
+    """A table value with its own headers (the SAM tab's table shows two kinds of rows)."""
+    return {"headers": list(headers), "data": rows or []}
 
 
 def _safe_stem(name: Optional[str]) -> str:
@@ -168,7 +338,7 @@ def make_example_images(directory: Union[str, os.PathLike]) -> list[tuple[str, s
             (street, "street.png", "sky, building, window, road, sidewalk|pavement, tree, car", "panoptic"),
             (beach, "beach.png", "sky, sea|water, sand|beach, sun, umbrella", "semantic"),
             (room, "room.png", "wall, floor, window, table, lamp, sofa|couch", "semantic")):
-        img.save(directory / file)
+        atomic_save_image(img, directory / file)
         rows.append((str(directory / file), vocab, task))
     return rows
 
@@ -205,73 +375,168 @@ def require_gradio() -> ModuleType:
     return gradio
 
 
-def build_demo(predictor: Any, examples: Optional[Sequence[Any]] = None, title: str = "Mask-Adapter"
-               ) -> "gradio.Blocks":  # noqa: F821
+def build_demo(predictor: Any, examples: Optional[Sequence[Any]] = None, title: str = "Mask-Adapter",
+               sam: Optional[SamTools] = None) -> "gradio.Blocks":  # noqa: F821
     """The page (a ``gr.Blocks``, queued so one request runs the model at a time) around ``predictor``.
 
     ``examples``: image paths or (path, vocabulary[, task]) tuples; ``None`` draws a few synthetic examples
-    into a temporary directory (removed with the page), ``[]`` shows none.
+    into a temporary directory (removed with the page), ``[]`` shows none. ``sam``: SAM for the SAM tab (click
+    to segment, segment everything); without it the tab says how to enable it. A predictor without a mask
+    generator (``Predictor.from_adapter``) opens on the SAM tab.
     """
     gr = require_gradio()
     given = _example_rows(examples) if examples is not None else None  # bad paths fail before any file is made
-    work = Path(tempfile.mkdtemp(prefix="maskadapter-demo-"))
+    remove_stale_work_dirs()
+    work = make_work_dir()
     example_rows = _example_rows(make_example_images(work / "examples")) if given is None else given
-    preset = getattr(getattr(predictor, "preset", None), "name", "?")
-    device = getattr(predictor, "device", "?")
-    precision = getattr(predictor, "precision", "?")
+    segment_fn = _guarded(gr, segment_request, "segmentation")
+    click_fn, everything_fn = _guarded(gr, click_request, "SAM"), _guarded(gr, everything_request, "SAM")
 
     def on_segment(image: Optional[dict], text: str, task: str) -> RequestOutput:
         # The event runs with preprocess=False so an unreadable upload reaches to_rgb_tensor (and its
         # readable error) instead of failing inside gradio; gradio has already checked that the file is an
         # upload of this page.
         path, name = _uploaded_file(image)
-        try:
-            return segment_request(predictor, path, text, task, output_dir=_request_dir(work / "outputs"),
-                                   name=name)
-        except Exception as exc:  # a bug, or the machine out of memory: short message here, details in the log
-            logger.exception("demo request failed")
-            raise gr.Error(f"segmentation failed ({type(exc).__name__}: {exc}); details in the terminal") from exc
+        return segment_fn(predictor, path, text, task, output_dir=_request_dir(work / "outputs"), name=name)
 
-    def on_ready_vocabulary(choice: str, current: str) -> str:
-        return vocabulary_text(choice) if choice in READY_VOCABULARIES else current
+    def on_click(image: Optional[dict], text: str, kind: str, points: Points, evt: gr.SelectData) -> tuple:
+        x, y = (float(v) for v in evt.index[:2])
+        points = list(points or []) + [[x, y, kind.startswith("positive")]]
+        return (*click_fn(predictor, sam, _uploaded_file(image)[0], text, points), points)
 
+    # gradio passes the click's pixel to the parameter annotated with the SelectData class itself; this
+    # module's annotations are strings that gradio cannot resolve (gr is a local name)
+    on_click.__annotations__ = {"evt": gr.SelectData}
+
+    def on_points(image: Optional[dict], text: str, points: Points) -> tuple:  # undo / clear / new image
+        return (*click_fn(predictor, sam, _uploaded_file(image)[0], text, points), points)
+
+    def on_everything(image: Optional[dict], text: str) -> tuple:
+        path, name = _uploaded_file(image)
+        return everything_fn(predictor, sam, path, text, output_dir=_request_dir(work / "outputs"), name=name)
+
+    adapter_only = getattr(getattr(predictor, "model", None), "sem_seg_head", "?") is None
+    adapter_only = adapter_only and getattr(predictor, "mask_generator", None) is None
+    model_kw = dict(concurrency_limit=1, concurrency_id="model")
     with gr.Blocks(title=f"{title} demo", analytics_enabled=False) as demo:
-        gr.Markdown(f"## {title}: open-vocabulary segmentation\nModel `{preset}` on `{device}` "
-                    f"(precision `{precision}`). Upload an image "
-                    "or pick an example, type the classes to find, press **Segment**. Requests are queued and "
-                    "run one at a time.")
+        gr.Markdown(_header(title, predictor, sam))
         with gr.Row():
-            with gr.Column(scale=1):
-                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
-                                 elem_id="input-image")
-                ready = gr.Dropdown(["custom"] + list(READY_VOCABULARIES), value="custom",
-                                    label="Ready vocabularies", elem_id="ready-vocabulary")
-                text = gr.Textbox(value=example_rows[0][1] if example_rows else "person, car, tree, sky",
-                                  lines=3, max_lines=8, label="Vocabulary", elem_id="vocabulary",
-                                  info='classes separated by "," ";" or new lines; synonyms joined by "|", '
-                                       'e.g. "cat, sofa|couch, window"')
-                task = gr.Radio(list(_TASK_OUTPUTS), value="semantic", label="Task", elem_id="task")
-                button = gr.Button("Segment", variant="primary", elem_id="segment-button")
-                if example_rows:
-                    gr.Examples(example_rows, inputs=[image, text, task], label="Examples",
-                                cache_examples=False, elem_id="examples")
-            with gr.Column(scale=1):
-                # no label drawn over the image: it would hide the legend in the overlay's top-left corner
-                overlay = gr.Image(type="pil", format="png", label="Segments (overlay with legend)",
-                                   show_label=False, interactive=False, elem_id="overlay")
-                status = gr.Textbox(label="Status", interactive=False, elem_id="status")
-                table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "str", "str", "number"],
-                                     interactive=False, label="Segments", elem_id="segments-table")
+            ready = gr.Dropdown(["custom"] + list(READY_VOCABULARIES), value="custom", scale=1,
+                                label="Ready vocabularies", elem_id="ready-vocabulary")
+            text = gr.Textbox(value=example_rows[0][1] if example_rows else "person, car, tree, sky", scale=4,
+                              lines=2, max_lines=8, label="Vocabulary", elem_id="vocabulary",
+                              info='classes separated by "," ";" or new lines; synonyms joined by "|", '
+                                   'e.g. "cat, sofa|couch, window"')
+        with gr.Tabs(selected="sam" if adapter_only else "preset"):
+            with gr.Tab("Segment", id="preset", elem_id="preset-tab"):
+                if adapter_only:
+                    gr.Markdown("This model is adapter-only (no mask decoder): segment with the SAM tab.")
                 with gr.Row():
-                    label_file = gr.File(label="Label map (PNG: class index per pixel, 255 = none)",
-                                         interactive=False, elem_id="label-file")
-                    json_file = gr.File(label="Segments (JSON)", interactive=False, elem_id="json-file")
-        ready.change(on_ready_vocabulary, [ready, text], text, queue=False)
+                    with gr.Column(scale=1):
+                        image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
+                                         elem_id="input-image")
+                        task = gr.Radio(list(_TASK_OUTPUTS), value="semantic", label="Task", elem_id="task")
+                        button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                        if example_rows:
+                            gr.Examples(example_rows, inputs=[image, text, task], label="Examples",
+                                        cache_examples=False, elem_id="examples")
+                    with gr.Column(scale=1):
+                        # no label drawn over the image: it would hide the legend in the overlay's top-left corner
+                        overlay = gr.Image(type="pil", format="png", label="Segments (overlay with legend)",
+                                           show_label=False, interactive=False, elem_id="overlay")
+                        status = gr.Textbox(label="Status", interactive=False, elem_id="status")
+                        table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "str", "str", "number"],
+                                             interactive=False, label="Segments", elem_id="segments-table")
+                        with gr.Row():
+                            label_file = gr.File(label="Label map (PNG: class index per pixel, 255 = none)",
+                                                 interactive=False, elem_id="label-file")
+                            json_file = gr.File(label="Segments (JSON)", interactive=False, elem_id="json-file")
+            with gr.Tab("SAM: click or everything", id="sam", elem_id="sam-tab"):
+                sam_ui = _sam_tab(gr, sam, example_rows, text)
+        # the menu fills the text only when a person picks an entry (input, not change): the text's own change
+        # sets the menu, and a change event there would write a stale text back over newer typing
+        ready.input(lambda choice, current: vocabulary_text(choice) if choice in READY_VOCABULARIES else current,
+                    [ready, text], text, queue=False)
+        text.change(ready_vocabulary_of, text, ready, queue=False)
         button.click(on_segment, [image, text, task], [overlay, table, label_file, json_file, status],
-                     preprocess=False, concurrency_limit=1, concurrency_id="model", api_name="segment")
+                     preprocess=False, api_name="segment", **model_kw)
+        if sam_ui is not None:
+            sam_image, canvas, kind, sam_table, sam_files, sam_status, undo, clear, everything = sam_ui
+            points = gr.State([])
+            outputs = [canvas, sam_table, *sam_files, sam_status, points]
+            canvas.select(on_click, [sam_image, text, kind, points], outputs, preprocess=False, api_name="click",
+                          **model_kw)
+            undo.click(lambda im, t, p: on_points(im, t, list(p or [])[:-1]), [sam_image, text, points], outputs,
+                       preprocess=False, api_name="undo", **model_kw)
+            for trigger in (clear.click, sam_image.change):
+                trigger(lambda im, t: on_points(im, t, []), [sam_image, text], outputs, preprocess=False,
+                        **model_kw)
+            everything.click(on_everything, [sam_image, text], outputs[:-1], preprocess=False,
+                             api_name="everything", **model_kw)
     demo.queue(default_concurrency_limit=1)
     weakref.finalize(demo, shutil.rmtree, str(work), True)
     return demo
+
+
+def _header(title: str, predictor: Any, sam: Optional[SamTools]) -> str:
+    """The page's first lines: the model, where it runs and at which precision (resolved, never "auto")."""
+    preset = getattr(getattr(predictor, "preset", None), "name", "?")
+    device = getattr(predictor, "device", "?")
+    precision = getattr(predictor, "resolved_precision", None) or getattr(predictor, "precision", "?")
+    sam_line = f"{sam.name} for the SAM tab" if sam is not None else "no SAM (see the SAM tab)"
+    return (f"## {title}: open-vocabulary segmentation\nModel `{preset}` on `{device}` (precision `{precision}`), "
+            f"{sam_line}. Pick an image, type the classes to find, press **Segment** - or click on objects in the "
+            "SAM tab. Requests are queued and run one at a time.")
+
+
+def _sam_tab(gr: ModuleType, sam: Optional[SamTools], example_rows: list[list[str]], text: Any) -> Optional[tuple]:
+    """The SAM tab's components, or only its help text (and None) when SAM is not loaded; examples fill the
+    image and their vocabulary (``text``, the page's vocabulary box)."""
+    if sam is None:
+        gr.Markdown(SAM_HELP, elem_id="sam-help")
+        return None
+    gr.Markdown(f"**{sam.name}**: click on an object in the right image - SAM segments it and Mask-Adapter names it "
+                "(top-5 classes below). Add positive points to grow the mask, negative points to cut parts off; "
+                "**Segment everything** classifies all of SAM's automatic masks.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            sam_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
+                                 elem_id="sam-input-image")
+            kind = gr.Radio(["positive (on the object)", "negative (not the object)"], elem_id="sam-point-kind",
+                            value="positive (on the object)", label="Next click adds a")
+            with gr.Row():
+                undo = gr.Button("Undo last point", elem_id="sam-undo")
+                clear = gr.Button("Clear points", elem_id="sam-clear")
+            everything = gr.Button("Segment everything", variant="primary", elem_id="sam-everything")
+            if example_rows:
+                gr.Examples([row[:2] for row in example_rows], inputs=[sam_image, text], label="Examples",
+                            cache_examples=False, elem_id="sam-examples")
+        with gr.Column(scale=1):
+            # no label drawn over the image: it would hide the legend in the overlay's top-left corner
+            canvas = gr.Image(type="pil", format="png", label="Click on an object", show_label=False,
+                              interactive=False, elem_id="sam-canvas")
+            status = gr.Textbox(label="Status", interactive=False, elem_id="sam-status")
+            table = gr.Dataframe(headers=CLICK_TABLE_HEADERS, interactive=False, label="Classes",
+                                 elem_id="sam-table")
+            with gr.Row():
+                files = (gr.File(label="Label map (PNG)", interactive=False, elem_id="sam-label-file"),
+                         gr.File(label="Segments (JSON)", interactive=False, elem_id="sam-json-file"))
+    return sam_image, canvas, kind, table, files, status, undo, clear, everything
+
+
+def _guarded(gr: ModuleType, request: Any, what: str) -> Any:
+    """``request`` with unexpected failures (a bug, out of memory) turned into a short page error; details are
+    logged to the terminal."""
+
+    @functools.wraps(request)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return request(*args, **kwargs)
+        except Exception as exc:
+            logger.exception("demo request failed")
+            raise gr.Error(f"{what} failed ({type(exc).__name__}: {exc}); details in the terminal") from exc
+
+    return run
 
 
 def _uploaded_file(payload: Any) -> tuple[Optional[str], Optional[str]]:

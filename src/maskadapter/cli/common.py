@@ -20,14 +20,21 @@ def add_model_arguments(parser: argparse.ArgumentParser, sam: bool = True, preci
     parser.add_argument("--preset", default="fcclip-large",
                         help="fcclip-large | maftp-base | maftp-large, or a preset JSON file (default fcclip-large)")
     parser.add_argument("--weights", help="checkpoint file (default: download the preset's weights once)")
+    parser.add_argument("--adapter-only", action="store_true",
+                        help="--weights holds the adapter (maskadapter export output, a stage-1 checkpoint, or any "
+                             "checkpoint whose decoder is to be ignored): masks come from SAM, prompts or you")
+    parser.add_argument("--clip-weights", help="with --adapter-only: a file with the CLIP weights "
+                                               "(backbone.clip_model.*), e.g. the preset's released checkpoint")
     if sam:
         parser.add_argument("--generator", choices=["preset", "sam"], default="preset",
                             help="mask generator: the preset's decoder, or SAM automatic masks (needs --sam-checkpoint)")
         parser.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint for --generator sam and prompts")
-        parser.add_argument("--sam-model", default="vit_h", help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config")
+        parser.add_argument("--sam-model", default=None,
+                            help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config (sam2.1_hiera_l, ...); "
+                                 "default: read from the released checkpoint's file name")
         parser.add_argument("--sam-backend", choices=["sam", "sam2"], default="sam")
     else:
-        parser.set_defaults(generator="preset", sam_checkpoint=None, sam_model="vit_h", sam_backend="sam")
+        parser.set_defaults(generator="preset", sam_checkpoint=None, sam_model=None, sam_backend="sam")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--precision", choices=[p for p in PRECISIONS], default=precision,
                         help=f"numeric precision (default {precision}; auto = bf16 only where it is native and "
@@ -48,21 +55,30 @@ def text_cache_setting(args: argparse.Namespace) -> Any:
 
 def build_predictor(args: argparse.Namespace, **options: Any) -> Any:
     """The Predictor the arguments of :func:`add_model_arguments` ask for (preset name or JSON file, weights,
-    SAM); ``options`` are extra :class:`~maskadapter.inference.options.InferenceOptions` values."""
+    adapter only, SAM); ``options`` are extra :class:`~maskadapter.inference.options.InferenceOptions` values.
+    One SAM network serves both ``--generator sam`` (automatic masks) and the prompts."""
     from ..distributed import resolve_device
     from ..inference.predictor import Predictor
     from ..modeling.build import load_preset
 
+    if args.clip_weights and not args.adapter_only:
+        raise ValueError("--clip-weights goes with --adapter-only")
+    if args.generator == "sam" and not args.sam_checkpoint:
+        raise ValueError("--generator sam needs --sam-checkpoint PATH")
     device = resolve_device(args.device)
     kwargs = dict(device=device, precision=args.precision, text_cache_dir=text_cache_setting(args), **options)
-    if args.generator == "sam":
-        from ..modeling.generators.sam import SamMaskGenerator
+    if args.sam_checkpoint:
+        from ..modeling.generators.sam import SamMaskGenerator, SamPromptPredictor, load_sam
 
-        if not args.sam_checkpoint:
-            raise ValueError("--generator sam needs --sam-checkpoint PATH")
-        kwargs["mask_generator"] = SamMaskGenerator(args.sam_checkpoint, args.sam_backend, args.sam_model,
-                                                    device=device)
+        sam = load_sam(args.sam_checkpoint, args.sam_backend, args.sam_model, device)
+        kwargs["prompt_model"] = SamPromptPredictor(sam)
+        if args.generator == "sam":
+            kwargs["mask_generator"] = SamMaskGenerator(sam)
     preset, architecture = load_preset(args.preset)
+    if args.adapter_only:
+        if not args.weights:
+            raise ValueError("--adapter-only needs --weights PATH (the adapter file, e.g. from maskadapter export)")
+        return Predictor.from_adapter(args.weights, preset, architecture, clip_weights=args.clip_weights, **kwargs)
     if args.weights:
         return Predictor.from_checkpoint(args.weights, preset, architecture, **kwargs)
     if architecture is not None:

@@ -28,7 +28,7 @@ from ..data.vocabularies import builtin_vocabulary, coco_thing_mask
 from ..hub import resolve_weights
 from ..images import ImageInput, to_rgb_tensor
 from ..modeling.build import ArchitectureConfig, build_model, default_architecture, load_preset
-from ..modeling.generators.sam import MaskProposer
+from ..modeling.generators.sam import MaskProposer, PromptPredictor
 from ..modeling.model import MaskAdapterModel
 from ..modeling.text import TextClassifier, resolve_text_cache_dir
 from ..precision import autocast, resolve_precision
@@ -38,6 +38,7 @@ from . import postprocess as pp
 from .classify import classify_image_masks
 from .instances import Instances
 from .options import InferenceOptions
+from .prompts import PromptSegmentation, segment_prompts
 from .preprocess import normalize, pad_batch, padded_size, resize_longest_side
 
 __all__ = ["Predictor", "SegmentationResult", "MaskClassification", "TASKS"]
@@ -109,6 +110,7 @@ class Predictor:
         text_cache_dir: TextCache = None,
         mask_generator: Optional[MaskProposer] = None,
         text_classifier: Optional[TextClassifier] = None,
+        prompt_model: Optional[PromptPredictor] = None,
         **option_values: Any,
     ) -> None:
         self.preset = load_preset(preset)[0] if isinstance(preset, str) else preset
@@ -116,6 +118,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.options = (options or InferenceOptions()).replace(**option_values)
         self.mask_generator = mask_generator
+        self.prompt_model = prompt_model  #: SAM / SAM 2 prompt predictor for segment_prompts
         self.text_classifier = text_classifier or TextClassifier(model.backbone,
                                                                  cache_dir=resolve_text_cache_dir(text_cache_dir))
         if self.text_classifier.cache_dir is not None:
@@ -290,6 +293,20 @@ class Predictor:
             rgb = self._load(image)
             masks = _as_mask_tensor(masks, tuple(rgb.shape[-2:]))
         return self._classify(rgb, masks, vocab)
+
+    def segment_prompts(self, image: ImageInput, vocabulary: VocabularyLike, points: Sequence[Sequence[Any]] = (),
+                        boxes: Sequence[Sequence[float]] = (), top_k: int = 5, multimask: bool = True,
+                        prompt_model: Optional[PromptPredictor] = None) -> PromptSegmentation:
+        """Click to segment: SAM point prompts ``(x, y, positive)`` and boxes ``(x0, y0, x1, y1)`` in pixels of
+        ``image`` -> one mask [H, W] per prompt group with SAM's quality, classified into ``vocabulary`` by the
+        adapter (top-k classes). The SAM image embedding is computed once per image and reused across calls.
+        ``prompt_model``: the SAM / SAM 2 prompt predictor (default: the one given to the constructor)."""
+        model = prompt_model or self.prompt_model
+        if model is None:
+            raise ValueError("segment_prompts needs a SAM prompt predictor: Predictor(..., prompt_model="
+                             "SamPromptPredictor(checkpoint)) or prompt_model=")
+        return segment_prompts(self, model, image, vocabulary, points=points, boxes=boxes, top_k=top_k,
+                               multimask=multimask)
 
     # ------------------------------------------------------------------ steps
     @contextlib.contextmanager

@@ -1,76 +1,209 @@
-"""Class-agnostic masks from SAM or SAM 2 automatic mask generation (optional extra ``maskadapter[sam]``).
+"""Class-agnostic masks from SAM or SAM 2: automatic mask generation (:class:`SamMaskGenerator`) and point / box
+prompts (:class:`SamPromptPredictor`), for the optional extras ``maskadapter[sam]`` / ``maskadapter[sam2]``.
 
 The adapter classifies these masks on its own (no in-vocabulary head, no void). ``segment-anything`` and
-``sam2`` are imported only when a generator is built, with an install hint when they are missing.
+``sam2`` are imported only when a network is loaded, with an install hint when they are missing. One loaded
+network (:func:`load_sam`, a :class:`SamModel`) can serve both the automatic and the prompt mode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
-from typing import Any, Callable, Literal, Optional, Protocol, Union
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
 
-__all__ = ["MaskProposer", "SamMaskGenerator"]
+__all__ = ["MaskProposer", "PromptPredictor", "SamModel", "SamMaskGenerator", "SamPromptPredictor", "load_sam",
+           "resolve_sam_model_type", "SAM_BACKENDS", "SAM_MODEL_TYPES", "SAM2_CONFIGS"]
 
 logger = logging.getLogger(__name__)
 
+SAM_BACKENDS = ("sam", "sam2")
+#: SAM (segment-anything) model types, largest first.
+SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
+#: SAM 2 short names -> the config names of the ``sam2`` package (its hydra configs).
+SAM2_CONFIGS = {f"{version}_hiera_{size}": f"configs/{version}/{version}_hiera_{size}.yaml"
+                for version in ("sam2.1", "sam2") for size in ("t", "s", "b+", "l")}
+# words of the released checkpoint file names (sam2.1_hiera_base_plus.pt, sam_vit_h_4b8939.pth)
+_SAM2_SIZES = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l", "t": "t", "s": "s", "b+": "b+", "l": "l"}
+_SAM2_FILE = re.compile(r"(sam2(?:\.1)?)_hiera_(tiny|small|base_plus|large|b\+|t|s|l)(?![a-z])")
+PathLike = Union[str, os.PathLike]
+
 
 class MaskProposer(Protocol):
-    """Anything that proposes binary masks for an RGB image: ``(image [H, W, 3] uint8) -> masks [N, H, W] bool, scores [N]``."""
+    """Anything that proposes binary masks: ``(image [H, W, 3] uint8) -> masks [N, H, W] bool, scores [N]``."""
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         ...
+
+
+class PromptPredictor(Protocol):
+    """Anything that segments prompts on one image at a time, like SAM's ``SamPredictor``.
+
+    ``set_image(image [H, W, 3] uint8)`` prepares the image (returns whether work was done), then
+    ``predict(point_coords [N, 2] xy pixels | None, point_labels [N] 1 = positive / 0 = negative | None,
+    box [4] x0 y0 x1 y1 pixels | None, multimask_output) -> masks [K, H, W] bool, predicted IoU scores [K]``.
+    """
+
+    def set_image(self, image: np.ndarray) -> bool:
+        ...
+
+    def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
+                box: Optional[np.ndarray] = None, multimask_output: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        ...
+
+
+@dataclass(frozen=True)
+class SamModel:
+    """A loaded SAM / SAM 2 network, shared by :class:`SamMaskGenerator` and :class:`SamPromptPredictor`."""
+
+    backend: str  #: ``sam`` or ``sam2``
+    model_type: str  #: SAM model type (vit_h ...) or SAM 2 config name
+    network: torch.nn.Module
+    checkpoint: str
+
+    def describe(self) -> str:
+        """A short human-readable name, e.g. ``SAM 2 (sam2.1_hiera_l)``."""
+        name = Path(self.model_type).stem if self.backend == "sam2" else self.model_type
+        return f"{'SAM 2' if self.backend == 'sam2' else 'SAM'} ({name})"
+
+
+# sam2 ships as source only: pip would build it against a freshly downloaded torch and try its CUDA extension
+_SAM2_BUILD_HINT = ("; sam2 builds from source - to build it against the installed torch without its optional CUDA "
+                    "extension: pip install hydra-core iopath && SAM2_BUILD_CUDA=0 pip install --no-build-isolation "
+                    "--no-deps 'sam2>=1.1'")
 
 
 def _import(module: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"the SAM generator needs the '{module.split('.')[0]}' package: "
-                          f"pip install 'maskadapter[{extra}]'") from exc
+        hint = _SAM2_BUILD_HINT if extra == "sam2" else ""
+        raise ImportError(f"SAM needs the '{module.split('.')[0]}' package: pip install 'maskadapter[{extra}]'"
+                          f"{hint} ({exc})") from exc
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in SAM_BACKENDS:
+        raise ValueError(f"backend must be 'sam' or 'sam2', got {backend!r}")
+
+
+def resolve_sam_model_type(backend: str, model_type: Optional[str], checkpoint: PathLike) -> str:
+    """The model type to build: ``model_type`` (a SAM 2 short name becomes its config name), else guessed from
+    the released checkpoint's file name (``sam_vit_b_01ec64.pth``, ``sam2.1_hiera_large.pt``).
+
+    A SAM type (``vit_*``) given with ``backend="sam2"`` is ignored in favour of the file name, since the command
+    line's default type is a SAM one."""
+    _check_backend(backend)
+    name = Path(checkpoint).name.lower()
+    if backend == "sam":
+        if model_type is not None:
+            if model_type not in SAM_MODEL_TYPES:
+                raise ValueError(f"unknown SAM model type {model_type!r}; one of {', '.join(SAM_MODEL_TYPES)}")
+            return model_type
+        found = [t for t in SAM_MODEL_TYPES if t in name]
+        return found[0] if found else "vit_h"
+    if model_type is not None and not model_type.startswith("vit_"):
+        return SAM2_CONFIGS.get(model_type, model_type)
+    match = _SAM2_FILE.search(name)
+    if match is None:
+        raise ValueError(f"cannot tell the SAM 2 model of {checkpoint} from its file name: give the config "
+                         f"(--sam-model / model_type), one of {', '.join(SAM2_CONFIGS)} or a sam2 config path")
+    return SAM2_CONFIGS[f"{match.group(1)}_hiera_{_SAM2_SIZES[match.group(2)]}"]
+
+
+def load_sam(checkpoint: PathLike, backend: str = "sam", model_type: Optional[str] = None,
+             device: Union[str, torch.device] = "cpu") -> SamModel:
+    """Build a SAM (``backend="sam"``, types vit_h / vit_l / vit_b) or SAM 2 (``"sam2"``, a config name) network
+    from ``checkpoint``; ``model_type`` None guesses it from the released file name."""
+    _check_backend(backend)
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
+    model_type = resolve_sam_model_type(backend, model_type, checkpoint)
+    try:
+        if backend == "sam":
+            sam = _import("segment_anything", "sam")
+            network = sam.sam_model_registry[model_type](checkpoint=str(checkpoint))
+        else:
+            build = _import("sam2.build_sam", "sam2")
+            network = _build_sam2(build, model_type, str(checkpoint))
+    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        # weights of another model, a file that holds no weights, a truncated file
+        raise ValueError(f"SAM checkpoint {checkpoint} does not load as {backend} {model_type!r}: "
+                         f"{str(exc).splitlines()[0][:300]}") from exc
+    network = network.to(device).eval()
+    logger.info("loaded %s %s from %s on %s", backend, model_type, checkpoint, device)
+    return SamModel(backend, model_type, network, str(checkpoint))
+
+
+def _build_sam2(build: Any, config: str, checkpoint: str) -> torch.nn.Module:
+    """SAM 2 from a config name of the ``sam2`` package; an unknown config is a ValueError listing the known ones."""
+    try:
+        return build.build_sam2(config, checkpoint, device="cpu")
+    except Exception as exc:
+        if type(exc).__name__ == "MissingConfigException":  # hydra's, without importing hydra here
+            raise ValueError(f"unknown SAM 2 config {config!r}; one of {', '.join(SAM2_CONFIGS)} "
+                             "(or a config path inside the sam2 package)") from exc
+        raise
+
+
+def _model_from(checkpoint: Union[PathLike, SamModel], backend: str, model_type: Optional[str],
+                device: Union[str, torch.device]) -> SamModel:
+    return checkpoint if isinstance(checkpoint, SamModel) else load_sam(checkpoint, backend, model_type, device)
+
+
+def _check_rgb(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an RGB uint8 array [H, W, 3], got "
+                         f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
 
 
 class SamMaskGenerator:
-    """SAM (``backend="sam"``, model types vit_h/vit_l/vit_b) or SAM 2 (``backend="sam2"``, a config name)
-    automatic mask generation; extra keyword arguments go to the automatic mask generator."""
+    """SAM or SAM 2 automatic mask generation: ``(image [H, W, 3] uint8) -> masks [N, H, W], scores [N]``.
+
+    ``checkpoint``: a SAM / SAM 2 file, or a :class:`SamModel` already loaded (shared with the prompt mode).
+    Extra keyword arguments go to the automatic mask generator (``points_per_side``, ``pred_iou_thresh``, ...).
+    ``builder(checkpoint, **kwargs)`` replaces the package's generator (tests, custom models).
+    """
 
     def __init__(
         self,
-        checkpoint: Union[str, os.PathLike],
-        backend: Literal["sam", "sam2"] = "sam",
-        model_type: str = "vit_h",
+        checkpoint: Union[PathLike, SamModel],
+        backend: str = "sam",
+        model_type: Optional[str] = None,
         device: Union[str, torch.device] = "cpu",
         min_area: int = 0,
         builder: Optional[Callable[..., Any]] = None,
         **generator_kwargs: Any,
     ) -> None:
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
         self.min_area = min_area
-        if builder is not None:  # injected (tests, custom models): builder(checkpoint) -> generator
+        self.model: Optional[SamModel] = None
+        if builder is not None:
+            if not isinstance(checkpoint, SamModel) and not os.path.isfile(checkpoint):
+                raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
             self._generator = builder(checkpoint, **generator_kwargs)
-        elif backend == "sam":
+            return
+        _check_backend(checkpoint.backend if isinstance(checkpoint, SamModel) else backend)
+        self.model = _model_from(checkpoint, backend, model_type, device)
+        if self.model.backend == "sam":
             sam = _import("segment_anything", "sam")
-            if model_type not in sam.sam_model_registry:
-                raise ValueError(f"unknown SAM model type {model_type!r}; one of {sorted(sam.sam_model_registry)}")
-            model = sam.sam_model_registry[model_type](checkpoint=str(checkpoint)).to(device)
-            self._generator = sam.SamAutomaticMaskGenerator(model, **generator_kwargs)
-        elif backend == "sam2":
-            build = _import("sam2.build_sam", "sam2")
-            amg = _import("sam2.automatic_mask_generator", "sam2")
-            model = build.build_sam2(model_type, str(checkpoint), device=str(device))
-            self._generator = amg.SAM2AutomaticMaskGenerator(model, **generator_kwargs)
+            self._generator = sam.SamAutomaticMaskGenerator(self.model.network, **generator_kwargs)
         else:
-            raise ValueError(f"backend must be 'sam' or 'sam2', got {backend!r}")
+            amg = _import("sam2.automatic_mask_generator", "sam2")
+            self._generator = amg.SAM2AutomaticMaskGenerator(self.model.network, **generator_kwargs)
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks [N, H, W] bool (largest first) and their predicted IoU scores [N] for ``image`` [H, W, 3] uint8."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be an RGB uint8 array [H, W, 3], got {image.dtype} {image.shape}")
+        _check_rgb(image)
         records = [r for r in self._generator.generate(image) if int(r["area"]) > self.min_area]
         H, W = image.shape[:2]
         if not records:
@@ -80,3 +213,93 @@ class SamMaskGenerator:
         scores = torch.tensor([float(r.get("predicted_iou", 1.0)) for r in records])
         logger.info("SAM proposed %d masks", len(records))
         return masks, scores
+
+
+def image_key(image: np.ndarray) -> str:
+    """A content hash of an image array (shape, dtype and pixels): equal keys mean the same image."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.shape}{image.dtype}".encode())
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
+
+
+class SamPromptPredictor:
+    """Point and box prompts -> masks with SAM's ``SamPredictor`` or SAM 2's ``SAM2ImagePredictor``.
+
+    The image embedding (the expensive part) is computed once per image content: :meth:`set_image` with the
+    same pixels again is free, so interactive clicks on one image reuse it. Not thread-safe (one image at a
+    time); the demo runs one request at a time. ``checkpoint``: a file or a loaded :class:`SamModel`.
+    ``builder(checkpoint, **kwargs)`` replaces the package's predictor (tests, custom models); it returns an
+    object with SamPredictor's ``set_image(image)`` and ``predict(point_coords=, point_labels=, box=,
+    multimask_output=) -> (masks, scores, low-res logits)``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Union[PathLike, SamModel],
+        backend: str = "sam",
+        model_type: Optional[str] = None,
+        device: Union[str, torch.device] = "cpu",
+        builder: Optional[Callable[..., Any]] = None,
+        **predictor_kwargs: Any,
+    ) -> None:
+        self.model: Optional[SamModel] = None
+        self.embeddings_computed = 0  #: how many times an image embedding was computed
+        self._key: Optional[str] = None
+        self._size: Optional[tuple[int, int]] = None
+        if builder is not None:
+            if not isinstance(checkpoint, SamModel) and not os.path.isfile(checkpoint):
+                raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
+            self._predictor = builder(checkpoint, **predictor_kwargs)
+            return
+        _check_backend(checkpoint.backend if isinstance(checkpoint, SamModel) else backend)
+        self.model = _model_from(checkpoint, backend, model_type, device)
+        if self.model.backend == "sam":
+            sam = _import("segment_anything", "sam")
+            self._predictor = sam.SamPredictor(self.model.network, **predictor_kwargs)
+        else:
+            module = _import("sam2.sam2_image_predictor", "sam2")
+            self._predictor = module.SAM2ImagePredictor(self.model.network, **predictor_kwargs)
+
+    @property
+    def image_size(self) -> Optional[tuple[int, int]]:
+        """(H, W) of the image set last, None before any."""
+        return self._size
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray) -> bool:
+        """Embed ``image`` [H, W, 3] uint8 unless it is the image embedded last; returns whether it computed."""
+        _check_rgb(image)
+        key = image_key(image)
+        if key == self._key:
+            return False
+        self._key = None  # a failure below leaves no stale embedding behind
+        self._predictor.set_image(image)
+        self._key, self._size = key, (int(image.shape[0]), int(image.shape[1]))
+        self.embeddings_computed += 1
+        logger.info("SAM image embedding computed for a %dx%d image", image.shape[1], image.shape[0])
+        return True
+
+    @torch.no_grad()
+    def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
+                box: Optional[np.ndarray] = None, multimask_output: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks [K, H, W] bool (K = 3 with ``multimask_output``, else 1) and SAM's predicted IoU [K] for the
+        prompts on the current image: ``point_coords`` [N, 2] (x, y) pixels, ``point_labels`` [N] (1 positive,
+        0 negative), ``box`` [4] (x0, y0, x1, y1)."""
+        if self._key is None:
+            raise RuntimeError("no image set: call set_image(image) before predict()")
+        masks, scores, _ = self._predictor.predict(point_coords=point_coords, point_labels=point_labels, box=box,
+                                                   multimask_output=multimask_output)
+        masks = np.asarray(masks)
+        masks = masks if masks.dtype == bool else masks > 0.5  # SAM 2 returns 0/1 floats
+        return torch.from_numpy(np.ascontiguousarray(masks)), torch.as_tensor(np.asarray(scores), dtype=torch.float32)
+
+
+def point_arrays(points: Sequence[tuple[float, float, bool]]) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(x, y, positive) points -> SAM's ``point_coords`` [N, 2] float32 and ``point_labels`` [N] int32, or Nones."""
+    if not points:
+        return None, None
+    coords = np.array([[float(x), float(y)] for x, y, _ in points], dtype=np.float32)
+    labels = np.array([1 if positive else 0 for _, _, positive in points], dtype=np.int32)
+    return coords, labels
