@@ -124,7 +124,8 @@ class SolverSection:
     poly_power: float = 0.9
     poly_constant_ending: float = 0.0
     grad_clip: float = 1.0  #: full-model L2 norm; 0 disables
-    #: ``auto``: fp16 autocast + GradScaler on CUDA, bf16 autocast on CPU
+    #: the package's precision vocabulary: ``auto`` (bf16 where native and faster, else fp32), ``fp32``, ``bf16``,
+    #: ``fp16`` (autocast + GradScaler on CUDA: the official AMP, which the official recipes use)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
 
 
