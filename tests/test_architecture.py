@@ -121,8 +121,8 @@ def test_docstrings_do_not_cite_a_document_the_repository_does_not_ship():
     assert not cited, "state the fact instead of citing the spec: " + ", ".join(cited)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["segment", "--help"], ["eval", "--help"], ["train", "--help"],
-                                  ["demo", "--help"], ["--version"]])
+@pytest.mark.parametrize("argv", [["--help"], ["segment", "--help"], ["merge", "--help"], ["eval", "--help"],
+                                  ["train", "--help"], ["demo", "--help"], ["--version"]])
 def test_help_imports_neither_torch_nor_the_model(argv):
     probe = ("import sys\nfrom maskadapter.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
              "heavy = sorted(m for m in sys.modules if m in ('torch', 'open_clip', 'timm', 'numpy', 'PIL')\n"

@@ -1,8 +1,13 @@
-"""`maskadapter segment` end to end: a preset JSON + fabricated checkpoint, a folder of generated images."""
+"""`maskadapter segment` end to end: a preset JSON + fabricated checkpoint, folders of generated images.
+Output names that never collide, resumable folder runs, options checked before the model loads, the summary."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +16,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from maskadapter.cli import main
+from maskadapter.cli import segment as segment_cmd
+from maskadapter.fileio import is_temporary
+from maskadapter.inference.predictor import Predictor
 from maskadapter.modeling.build import build_model, load_preset_file
 
 from conftest import tiny_architecture, tiny_preset, write_tiny_preset
@@ -103,3 +111,161 @@ def test_segment_without_weights_offline(setup, monkeypatch, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "fcclip_convnext_large_maskadapter.pth" in err and "--weights" in err
+
+
+def run(setup, inputs, out, *extra: str, vocab: str = "cat, sofa|couch, sky") -> int:
+    _, preset_file, weights, _ = setup
+    return main(["segment", *map(str, inputs), "--vocab", vocab, "--preset", str(preset_file), "--weights",
+                 str(weights), "-o", str(out), "--workers", "0", "--quiet", *extra])
+
+
+def save(path: Path, h: int, w: int, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    """(H, W) of a PNG."""
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def test_same_file_name_in_two_folders_keeps_both(setup, tmp_path, capsys):
+    save(tmp_path / "d1" / "img.png", 40, 30)
+    save(tmp_path / "d2" / "img.png", 30, 50)
+    out = tmp_path / "out"
+    assert run(setup, [tmp_path / "d1", tmp_path / "d2"], out) == 0
+    captured = capsys.readouterr()
+    assert "renamed so their outputs stay apart" in captured.err and "d2/img.png -> img_2" in captured.err
+    assert size_of(out / "img_labels.png") == (40, 30) and size_of(out / "img_overlay.png") == (40, 30)
+    assert size_of(out / "img_2_labels.png") == (30, 50) and size_of(out / "img_2_overlay.png") == (30, 50)
+    assert json.loads((out / "img_2.json").read_text())["width"] == 50
+    assert "30x40" in captured.out and "50x30" in captured.out and "2 images: 2 segmented" in captured.out
+
+
+def test_same_stem_with_two_suffixes_keeps_both(setup, tmp_path, capsys):
+    save(tmp_path / "in" / "pic.jpg", 20, 30)
+    save(tmp_path / "in" / "pic.png", 30, 20)
+    out = tmp_path / "out"
+    assert run(setup, [tmp_path / "in"], out) == 0
+    assert "pic.jpg -> pic_jpg" in capsys.readouterr().err
+    assert size_of(out / "pic_jpg_labels.png") == (20, 30) and size_of(out / "pic_png_labels.png") == (30, 20)
+    assert json.loads((out / "pic_jpg.json").read_text())["file_name"] == "pic.jpg"
+    assert sorted(p.name for p in out.glob("pic*")) == [
+        "pic_jpg.json", "pic_jpg_labels.png", "pic_jpg_overlay.png", "pic_png.json", "pic_png_labels.png",
+        "pic_png_overlay.png"]
+
+
+def test_nested_folders_with_and_without_recursive(setup, tmp_path, capsys):
+    src = tmp_path / "in"
+    save(src / "top.png", 20, 20)
+    save(src / "sub" / "deep.png", 24, 16)
+    save(src / "sub" / "deeper" / "x.png", 16, 24)
+    (src / "notes.txt").write_text("not an image")
+    flat = tmp_path / "flat"
+    assert run(setup, [src], flat) == 0
+    err = capsys.readouterr().err
+    assert "1 sub-folder(s) not entered (add --recursive)" in err and str(src / "sub") in err
+    assert "not images skipped" in err and "notes.txt" in err
+    assert sorted(p.name for p in flat.glob("*.png")) == ["top_labels.png", "top_overlay.png"]
+    deep = tmp_path / "deep"
+    assert run(setup, [src], deep, "--recursive") == 0
+    assert size_of(deep / "sub" / "deep_labels.png") == (24, 16)
+    assert size_of(deep / "sub" / "deeper" / "x_labels.png") == (16, 24)
+    assert json.loads((deep / "sub" / "deep.json").read_text())["file_name"] == "sub/deep.png"
+    assert "not entered" not in capsys.readouterr().err
+
+
+def count_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = Predictor.predict_prepared
+
+    def counting(self, batch, *args, **kwargs):
+        calls.append(len(batch))
+        return real(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_prepared", counting)
+    return calls
+
+
+def test_interrupted_folder_run_resumes_and_overwrite_recomputes(setup, tmp_path, monkeypatch, capsys):
+    src = tmp_path / "in"
+    for i, name in enumerate("abc"):
+        save(src / f"{name}.png", 20 + i, 30)
+    out = tmp_path / "out"
+    calls = count_calls(monkeypatch)
+    assert run(setup, [src], out, "--limit", "2") == 0 and len(calls) == 2  # a run stopped after two images
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("[ab]*")}
+    assert run(setup, [src], out) == 0 and len(calls) == 3  # only c
+    assert "3 images: 3 segmented (1 now, 2 done before)" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("[ab]*")} == first
+    # killed while writing c: its outputs exist (one half-written as a hidden temporary), its record does not
+    (out / "records" / "c.json").unlink()
+    (out / ".c_labels.tmp-1-ab12cd34.png").write_bytes(b"half a png")
+    assert run(setup, [src], out) == 0 and len(calls) == 4
+    assert run(setup, [src], out, "--overwrite") == 0 and len(calls) == 7
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("[ab]*")} != first
+    assert run(setup, [src], out, vocab="cat, dog") == 0 and len(calls) == 10  # another vocabulary: recomputed
+    assert "holds outputs of another run (differs in things, vocabulary)" in capsys.readouterr().err
+    assert [p.name for p in out.rglob("*") if is_temporary(p)] == [".c_labels.tmp-1-ab12cd34.png"]
+
+
+def test_options_are_checked_before_the_model_loads(setup, tmp_path, monkeypatch, capsys):
+    loads = []
+    real = segment_cmd.build_predictor
+    monkeypatch.setattr(segment_cmd, "build_predictor", lambda args: loads.append(1) or real(args))
+    images = setup[3]
+    out = tmp_path / "out"
+    assert run(setup, [images], out, "--things", "cat, dog") == 1
+    assert "--things names classes not in the vocabulary: ['dog']" in capsys.readouterr().err
+    assert run(setup, [images], out, "--task", "panoptic,depth") == 1
+    assert "--task must name some of semantic, panoptic, instance" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert run(setup, [images], tmp_path / "file") == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert run(setup, [images], out, "--batch-size", "0") == 1
+    assert run(setup, [images / "missing.png"], out) == 1
+    assert run(setup, [images], out, vocab=" ; |, ") == 1
+    assert "vocabulary is empty" in capsys.readouterr().err
+    assert run(setup, [images], images) == 1
+    assert "is an input folder" in capsys.readouterr().err
+    loads.clear()
+    assert run(setup, [images], out, "--things", "Sofa", "--task", "panoptic") == 0 and loads == [1]
+    data = json.loads((out / "a.json").read_text())
+    assert all(s["isthing"] == (s["category_id"] == 1) for s in data["segments_info"])
+
+
+def test_large_runs_print_totals_instead_of_rows(setup, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(segment_cmd, "TABLE_LIMIT", 1)
+    assert run(setup, [setup[3]], tmp_path / "out") == 0
+    printed = capsys.readouterr().out
+    assert "top classes" not in printed and "2 images: 2 segmented (2 now, 0 done before)" in printed
+    assert "time share: input wait" in printed
+
+
+@pytest.mark.slow
+def test_summary_shows_downscaled_output_and_warnings_keep_off_the_bar(setup, tmp_path):
+    _, preset_file, weights, _ = setup
+    for i in range(5):
+        save(tmp_path / "in" / f"p{i}.png", 90, 120, seed=i)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "import maskadapter.cli.segment as seg\n"
+        "real = seg.build_predictor\n"
+        "seg.build_predictor = lambda args: real(args, max_output_pixels=2000)\n"
+        "from maskadapter.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run(
+        [sys.executable, str(script), "segment", str(tmp_path / "in"), "--vocab", "cat, sky", "--preset",
+         str(preset_file), "--weights", str(weights), "-o", str(tmp_path / "out"), "--workers", "0"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("120x90->51x38") == 5  # input size -> output size where they differ
+    assert "5 image(s) have maps smaller than the image" in proc.stdout
+    warnings = [line for line in proc.stderr.split("\n") if "downscaled" in line]
+    assert len(warnings) == 3 and "further warnings like this one are not shown" in warnings[-1]
+    assert "segment:" in proc.stderr  # the bar was drawn
+    for line in warnings:  # each warning on a line of its own: what follows the bar's last redraw
+        assert line.rsplit("\r", 1)[-1].startswith("WARNING maskadapter.inference.predictor: output maps")

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import CheckpointError, WeightsUnavailableError
-from . import convert, demo, eval as eval_cmd, fuse, prepare, segment, train
+from . import convert, demo, eval as eval_cmd, fuse, merge, prepare, segment, train
 
 __all__ = ["main", "build_parser"]
 
@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 _SELF_LOGGING = ("huggingface_hub",)
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = (segment, demo, eval_cmd, prepare, train, fuse, convert)
+COMMANDS = (segment, merge, demo, eval_cmd, prepare, train, fuse, convert)
 
 
 def build_parser(commands: Sequence = COMMANDS) -> argparse.ArgumentParser:

@@ -1,101 +1,244 @@
-"""``maskadapter segment``: run a Predictor over images and write overlays, label maps and JSON."""
+"""``maskadapter segment``: segment images - a few photos or a whole collection, on one or many GPUs - and
+write per-image PNGs and JSON (``--format files``) or dataset-level COCO files (``--format coco``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import logging
 import sys
-import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator, Optional
 
-from ..constants import IMAGE_SUFFIXES, TASKS
+from ..constants import TASKS
 from ..vocabulary import FILE_SYNTAX, INLINE_SYNTAX
-from .common import add_model_arguments, build_predictor, check_output_folder
+from .common import add_model_arguments, build_predictor, check_output_folder, say
 
 __all__ = ["register", "run_segment"]
+
+#: Runs of more images print totals instead of one row per image.
+TABLE_LIMIT = 50
+_NOTE_LIMIT = 10  # paths listed per kind of note (skipped folders, non-images, renames, failures)
+
+_EPILOG = """\
+inputs: image files, folders (--recursive enters sub-folders), glob patterns ('photos/**/*.jpg', quoted),
+  --image-list FILE (one path per line) or --images-json FILE (COCO images[].file_name under --image-root).
+  Outputs keep the inputs' paths relative to their folder (or root); inputs that would share an output name
+  are told apart (pic.jpg + pic.png -> pic_jpg, pic_png; a second img.png -> img_2).
+--format files (default): per image NAME_labels.png (class index per pixel, 255 = none), NAME.json and
+  NAME_overlay.png. --format coco: semantic/NAME.png, panoptic/NAME.png + panoptic.json (panopticapi) and
+  instances.json (COCO results, RLE masks) by --task; overlays/NAME.png with --overlays.
+Both write manifest.json (vocabulary, model, versions, per-image status) and records/NAME.json per image: a
+re-run over the same output folder skips finished images (an interrupted run resumes) unless --overwrite.
+A failed image (unreadable, too large) is recorded with its error and the run goes on; the exit status is then 1.
+Several GPUs or nodes: torchrun --nproc-per-node N -m maskadapter segment ... (one shard per process; the
+output folder must be shared). After a crash, `maskadapter merge OUT` writes the dataset-level files."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``segment`` sub-command."""
     p = subparsers.add_parser("segment", help="segment images with any vocabulary",
-                              description="Segment images (files or folders) into the classes of a vocabulary and "
-                                          "write, per image, an overlay PNG, a label-map PNG and a JSON of segments.")
-    p.add_argument("images", nargs="+", help="image files or folders of images")
+                              description="Segment images (files, folders, patterns, lists) into the classes of a "
+                                          "vocabulary; resumable, one or many processes (torchrun).",
+                              epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="*", help="image files, folders or glob patterns")
+    p.add_argument("-r", "--recursive", action="store_true", help="also segment the images in sub-folders")
+    p.add_argument("--image-list", action="append", default=[], metavar="FILE",
+                   help="a text file naming one image per line (relative to --image-root, else to the file)")
+    p.add_argument("--images-json", metavar="FILE", help="a COCO-style JSON: segment its images[].file_name")
+    p.add_argument("--image-root", metavar="DIR", help="folder of the --images-json / --image-list images")
     vocab = p.add_mutually_exclusive_group(required=True)
     vocab.add_argument("--vocab", help=f"the classes inline: {INLINE_SYNTAX}")
     vocab.add_argument("--vocab-file", help=f"a class file: {FILE_SYNTAX}")
-    p.add_argument("--task", choices=list(TASKS), default="semantic")
+    p.add_argument("--task", default="semantic",
+                   help=f"comma-separated outputs among {', '.join(TASKS)} (default semantic; label maps always)")
     p.add_argument("--things", help="classes that are countable objects (panoptic/instance), comma separated; "
                                     "default: classes matching a COCO thing class")
+    # prompt segmentation (--points / --boxes) is validated here too, before the model loads, when it lands
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    p.add_argument("--format", choices=["files", "coco"], default="files", help="output format (default files)")
+    p.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=None,
+                   help="write an overlay PNG per image (default: yes for --format files, no for coco)")
+    p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per forward pass, grouped by padded size (default 1); maps equal batch size 1, "
+                        "scores agree to float rounding")
+    p.add_argument("--workers", type=int, default=2, help="processes decoding images (default 2; 0: none)")
+    p.add_argument("--limit", type=int, help="segment the first N input images only")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_arguments(p)
-    p.set_defaults(func=_cmd_segment)
+    p.set_defaults(func=run_segment)
 
 
-def _expand_images(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ValueError(f"folder {path} has no images ({', '.join(IMAGE_SUFFIXES)})")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"no such image or folder: {path}")
-    return files
+@dataclass
+class _Settings:
+    """The options checked before anything heavy is loaded."""
+
+    vocab: Any
+    things: Optional[list[str]]
+    tasks: tuple[str, ...]
+    output: Path
 
 
-def _cmd_segment(args: argparse.Namespace) -> int:
-    return run_segment(args, _expand_images(args.images))
-
-
-def run_segment(args: argparse.Namespace, images: list[Path]) -> int:
-    """Segment every image; print a summary table; exit status 1 if any image failed."""
-    from tqdm import tqdm
-
-    from ..images import to_rgb_tensor
-    from ..inference.writers import label_map_image, overlay_image, result_to_json
+def _check_args(args: argparse.Namespace) -> _Settings:
+    """Every check that needs no model: vocabulary, things, tasks, numbers, output folder (errors up front)."""
     from ..vocabulary import Vocabulary
 
     vocab = Vocabulary.from_file(args.vocab_file) if args.vocab_file else Vocabulary.parse(args.vocab)
+    tasks = tuple(t.strip() for t in args.task.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"--task must name some of {', '.join(TASKS)}, got {args.task!r}")
     things = [t.strip() for t in args.things.split(",") if t.strip()] if args.things else None
-    out_dir = check_output_folder(args.output)
+    if things is not None:
+        names = {n.lower() for n in vocab.names}
+        missing = sorted({t for t in things if t.lower() not in names})
+        if missing:
+            raise ValueError(f"--things names classes not in the vocabulary: {missing} (classes: "
+                             f"{', '.join(vocab.names)})")
+    for name, low in (("batch_size", 1), ("workers", 0)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
+    if not (args.images or args.image_list or args.images_json):
+        raise ValueError("give images: files, folders, glob patterns, --image-list or --images-json")
+    return _Settings(vocab, things, tasks, check_output_folder(args.output))
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """Check the options, collect the inputs, load the model, segment; exit status 1 if any image failed."""
+    settings = _check_args(args)
+    from ..distributed import cleanup, init_distributed, resolve_device
+    from ..inference.batch import SharedError
+
+    info = init_distributed(resolve_device(args.device))
+    try:
+        return _segment(args, settings, info.is_main)
+    except SharedError:  # rank 0 reports it
+        return 1
+    finally:
+        cleanup(info)
+
+
+def _segment(args: argparse.Namespace, settings: _Settings, main: bool) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from ..inference.batch import BatchOptions, on_main_process, run_batch
+    from ..inference.coco import RESERVED_KEYS
+    from ..inference.inputs import collect_inputs
+
+    inputs = on_main_process(lambda: collect_inputs(args.images, args.recursive, args.image_list, args.images_json,
+                                                    args.image_root, str(settings.output), RESERVED_KEYS))
+    items = inputs.items[: args.limit] if args.limit else inputs.items
+    options = BatchOptions(settings.tasks, args.format, args.overlays, settings.tasks[0], args.batch_size,
+                           args.workers, args.overwrite, progress=main and not args.quiet)
+    if main:
+        _print_input_notes(inputs)
     predictor = build_predictor(args)
-    tasks = ("semantic",) if args.task == "semantic" else ("semantic", args.task)
-    rows, failures = [], 0
-    for path in tqdm(images, desc="segment", unit="img", file=sys.stderr):
-        start = time.perf_counter()
-        try:
-            rgb = to_rgb_tensor(path)
-            result = predictor.predict(rgb, vocab, tasks=tasks, things=things)
-        except (ValueError, OSError) as exc:
-            failures += 1
-            tqdm.write(f"error: {path}: {exc}", file=sys.stderr)
-            continue
-        image = rgb.permute(1, 2, 0).numpy()
-        overlay_image(image, result, args.task).save(out_dir / f"{path.stem}_overlay.png")
-        label_map_image(result).save(out_dir / f"{path.stem}_labels.png")
-        data = result_to_json(result, path.name, args.task)
-        (out_dir / f"{path.stem}.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
-        rows.append((path.name, result, data, time.perf_counter() - start))
-    _print_summary(rows, args.task, out_dir)
-    if failures:
-        print(f"{failures} of {len(images)} images failed", file=sys.stderr)
-    return 1 if failures else 0
+    with logging_redirect_tqdm(), _few_of_a_kind():
+        report = run_batch(predictor, items, settings.vocab, settings.output, options, settings.things,
+                           on_message=_write_line)
+    if main:
+        _print_summary(report, options)
+    return 1 if report.failed else 0
 
 
-def _print_summary(rows: list, task: str, out_dir: Path) -> None:
-    if not rows:
+@contextlib.contextmanager
+def _few_of_a_kind(limit: int = 3) -> Iterator[None]:
+    """Show the first ``limit`` log records of each message (a warning per image of a million would bury the
+    bar); the summary counts what they report."""
+    seen: Counter = Counter()
+
+    def keep(record: logging.LogRecord) -> bool:
+        if not hasattr(record, "few_of_a_kind"):  # decided once, however many handlers ask
+            seen[record.msg] += 1
+            record.few_of_a_kind = seen[record.msg] <= limit
+            if seen[record.msg] == limit:
+                record.msg = f"{record.msg} (further warnings like this one are not shown)"
+        return record.few_of_a_kind
+
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
+
+
+def _write_line(message: str) -> None:
+    """A status line that does not break the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _listing(paths: list, limit: int = _NOTE_LIMIT) -> str:
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f", ... ({len(paths) - limit} more)" if len(paths) > limit else "")
+
+
+def _print_input_notes(inputs: Any) -> None:
+    """What was met but not segmented, and inputs renamed so their outputs stay apart."""
+    if inputs.skipped_folders:
+        say(f"note: {len(inputs.skipped_folders)} sub-folder(s) not entered (add --recursive): "
+            f"{_listing(inputs.skipped_folders)}")
+    if inputs.non_images:
+        say(f"note: {len(inputs.non_images)} file(s) that are not images skipped: {_listing(inputs.non_images)}")
+    if inputs.excluded:
+        say(f"note: the output folder inside an input folder is not read: {_listing(inputs.excluded)}")
+    if inputs.repeated:
+        say(f"note: {len(inputs.repeated)} input(s) name an image met before (segmented once): "
+            f"{_listing(inputs.repeated)}")
+    if inputs.renamed:
+        say(f"note: {len(inputs.renamed)} input(s) renamed so their outputs stay apart: "
+            f"{_listing([f'{path} -> {key}' for path, key in inputs.renamed])}")
+
+
+def _size(size: tuple, input_size: tuple) -> str:
+    out = f"{size[1]}x{size[0]}"
+    return out if tuple(size) == tuple(input_size) else f"{input_size[1]}x{input_size[0]}->{out}"
+
+
+def _print_summary(report: Any, options: Any) -> None:
+    """One row per image for small runs, totals for large ones; failures; time per stage."""
+    if report.rows and report.total <= TABLE_LIMIT:
+        name_w = max(5, *(len(r["name"]) for r in report.rows))
+        size_w = max(9, *(len(_size(r["size"], r["input_size"])) for r in report.rows))
+        print(f"{'image':<{name_w}}  {'size':>{size_w}}  {'segments':>8}  {'time':>6}  top classes (share of pixels)")
+        for r in report.rows:
+            top = ", ".join(f"{label} {100 * share:.0f}%" for label, share in r["top"]) or "no segments found"
+            print(f"{r['name']:<{name_w}}  {_size(r['size'], r['input_size']):>{size_w}}  {r['segments']:>8}  "
+                  f"{r['seconds']:5.1f}s  {top}")
+    skipped = report.ok - min(report.ok, report.computed)
+    print(f"{report.total} images: {report.ok} segmented ({report.computed} now, {skipped} done before), "
+          f"{report.failed} failed, {report.missing} missing; {report.seconds:.1f} s, "
+          f"{report.images_per_second:.2f} images/s on {report.processes} process(es)")
+    if report.downscaled:
+        print(f"{report.downscaled} image(s) have maps smaller than the image (the output-size cap, "
+              "max_output_pixels)")
+    _print_stages(report)
+    per_image = options.layout(report.output_dir).outputs("<name>").values()
+    layout = ", ".join(p.relative_to(report.output_dir).as_posix() for p in per_image)
+    print(f"outputs ({', '.join(options.tasks)}) written to {report.output_dir}/: {layout}, records/<name>.json; "
+          f"{', '.join(report.files)}")
+    if report.failed:
+        for path, error in report.failures[:_NOTE_LIMIT]:
+            print(f"failed: {path}: {error}", file=sys.stderr)
+        print(f"{report.failed} of {report.total} images failed (all listed in "
+              f"{report.output_dir / 'manifest.json'})", file=sys.stderr)
+    sys.stdout.flush()
+
+
+def _print_stages(report: Any) -> None:
+    total = report.stage_seconds.get("total", 0.0)
+    if report.computed == 0 or total <= 0:
         return
-    name_w = max(5, *(len(r[0]) for r in rows))
-    print(f"{'image':<{name_w}}  {'size':>9}  {'segments':>8}  {'time':>6}  top classes (share of pixels)")
-    for name, result, data, seconds in rows:
-        H, W = result.image_size
-        total = H * W
-        count = len(data.get("segments_info", data.get("instances", data.get("semantic", []))))
-        top = ", ".join(f"{s['label']} {100 * s['area'] / total:.0f}%" for s in data.get("semantic", [])[:4])
-        print(f"{name:<{name_w}}  {f'{W}x{H}':>9}  {count:>8}  {seconds:5.1f}s  {top}")
-    print(f"outputs ({task}) written to {out_dir}/: <name>_overlay.png, <name>_labels.png, <name>.json")
+    shares = ", ".join(f"{name} {100 * report.stage_seconds[name] / total:.0f}%"
+                       for name in ("input wait", "model", "postprocess", "write"))
+    print(f"time share: {shares} (decode/resize {report.decode_seconds:.1f} s, in worker processes when "
+          f"--workers > 0)")

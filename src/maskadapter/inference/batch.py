@@ -1,0 +1,411 @@
+"""Batch segmentation of image collections, one process or many (``torchrun``: several GPUs and nodes).
+
+Rank r of W takes every W-th image (:func:`maskadapter.distributed.shard`). DataLoader worker processes
+decode, EXIF-rotate, resize and normalise images (:meth:`Predictor.prepare`) while the model runs. Images that
+share their padded network size go through the model together (``batch_size``): label maps, panoptic maps and
+masks are those of one-by-one prediction, scores agree to float rounding (matrix kernels depend on the batch
+size, on the CPU as on GPUs). Every file is written atomically, and a per-image record written last marks an
+image as done, so a killed run restarted with any number of processes recomputes only the images without
+one. A failed image gets a record with its error; the run goes on. At the end each process writes its shard
+of the records and rank 0 merges them into the manifest and the COCO files (:mod:`.coco` describes the
+files; :func:`merge_outputs` merges after a crash). Several nodes need an output folder they all see.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+
+from .. import distributed
+from ..fileio import atomic_save_image, atomic_write_json
+from ..vocabulary import Vocabulary, VocabularyLike
+from . import coco
+from .coco import BatchReport, OutputLayout, merge_outputs
+from .inputs import ImageItem
+from .predictor import PreparedImage, Predictor, SegmentationResult, check_tasks
+
+__all__ = ["BatchOptions", "BatchReport", "run_batch", "merge_outputs", "on_main_process", "SharedError",
+           "SizeBatcher"]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("input wait", "model", "postprocess", "write")
+
+
+class SharedError(ValueError):
+    """An error rank 0 met and every process raises: only rank 0 needs to report it."""
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch run writes and schedules its work (the vocabulary and model are the predictor's call)."""
+
+    tasks: tuple[str, ...] = ("semantic",)  #: "semantic" is always computed (label maps)
+    format: str = "files"  #: "files" (per-image PNG + JSON) or "coco" (dataset-level files)
+    overlays: Optional[bool] = None  #: per-image overlays; None: yes for "files", no for "coco"
+    overlay_task: Optional[str] = None  #: what overlays draw and per-image JSONs name; None: the last task
+    batch_size: int = 1  #: images per forward pass (same padded size only)
+    workers: int = 2  #: DataLoader worker processes decoding images (0: in the main process)
+    overwrite: bool = False  #: recompute images that are done; replace a manifest of another configuration
+    sync_every: int = 8  #: batches between progress exchanges of the processes
+    progress: bool = True  #: progress bar on rank 0
+
+    def __post_init__(self) -> None:
+        tasks = check_tasks(self.tasks)
+        object.__setattr__(self, "tasks", tuple(t for t in ("semantic", "panoptic", "instance")
+                                                if t in tasks or t == "semantic"))
+        if self.format not in coco.FORMATS:
+            raise ValueError(f"format must be one of {coco.FORMATS}, got {self.format!r}")
+        for name, low in (("batch_size", 1), ("workers", 0), ("sync_every", 1)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        if self.overlays is None:
+            object.__setattr__(self, "overlays", self.format == "files")
+        if self.overlay_task is None:
+            object.__setattr__(self, "overlay_task", tasks[-1])
+        elif self.overlay_task not in self.tasks:
+            raise ValueError(f"overlay_task {self.overlay_task!r} is not one of the tasks {self.tasks}")
+
+    def layout(self, root: Path) -> OutputLayout:
+        """Where this run's files go under ``root``."""
+        return OutputLayout(root, self.format, self.tasks, bool(self.overlays), str(self.overlay_task))
+
+
+# ---------------------------------------------------------------------------------------------- coordination
+def on_main_process(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on rank 0 only, its value given to every process; its ValueError / OSError is raised on
+    rank 0 and, as :class:`SharedError`, on the others (so a message is reported once)."""
+    value, error = None, None
+    if distributed.env_rank() == 0 or not distributed.is_distributed():
+        try:
+            value = fn()
+        except (ValueError, OSError) as exc:
+            error = exc
+    message, value = distributed.broadcast_object((None if error is None else str(error), value))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise SharedError(message)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- input pipeline
+@dataclass
+class _Sample:
+    """One decoded image from a worker: its prepared tensor, or the error that stopped it."""
+
+    index: int
+    prepared: Optional[PreparedImage] = None
+    rgb: Optional[torch.Tensor] = None  #: uint8 [3, H, W], kept for overlays
+    error: Optional[str] = None
+    seconds: float = 0.0
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Decodes and prepares images (in DataLoader workers); a failure becomes an error sample, not a crash."""
+
+    def __init__(self, items: Sequence[ImageItem], prepare: Callable[[Any], PreparedImage], max_pixels: int,
+                 keep_rgb: bool) -> None:
+        self.items, self.prepare, self.max_pixels, self.keep_rgb = items, prepare, max_pixels, keep_rgb
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> _Sample:
+        from ..images import to_rgb_tensor
+
+        start = time.perf_counter()
+        try:
+            rgb = to_rgb_tensor(self.items[index].path, max_pixels=self.max_pixels)
+            prepared = self.prepare(rgb)
+        except Exception as exc:  # any decoder failure is this image's error; the run goes on
+            return _Sample(index, error=_describe(exc), seconds=time.perf_counter() - start)
+        return _Sample(index, prepared, rgb if self.keep_rgb else None, seconds=time.perf_counter() - start)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (ValueError, OSError)) and str(exc):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _keep(sample: _Sample) -> _Sample:
+    return sample
+
+
+def _loader(dataset: _ImageDataset, workers: int, batch_size: int) -> Iterable[_Sample]:
+    if workers == 0:
+        return (dataset[i] for i in range(len(dataset)))
+    import multiprocessing
+
+    # fork shares the loaded predictor with the workers instead of pickling the model into each of them
+    context = "fork" if sys.platform.startswith("linux") else None
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_keep,
+        prefetch_factor=max(2, -(-2 * batch_size // workers)),
+        multiprocessing_context=multiprocessing.get_context(context) if context else None)
+
+
+class SizeBatcher:
+    """Groups samples of equal padded size into batches of ``batch_size``, in arrival order (deterministic).
+    At most ``max_pending`` samples wait: past that, the fullest group goes out unfilled."""
+
+    def __init__(self, batch_size: int, size_of: Callable[[Any], tuple[int, int]],
+                 max_pending: Optional[int] = None) -> None:
+        self.batch_size, self.size_of = batch_size, size_of
+        self.max_pending = max_pending or 4 * batch_size
+        self.groups: dict[tuple[int, int], list] = {}
+
+    def add(self, sample: Any) -> list[list]:
+        """Add a sample; returns the batches now ready."""
+        group = self.groups.setdefault(self.size_of(sample), [])
+        group.append(sample)
+        ready = []
+        if len(group) >= self.batch_size:
+            ready.append(self.groups.pop(self.size_of(sample)))
+        if sum(len(g) for g in self.groups.values()) > self.max_pending:
+            fullest = max(self.groups, key=lambda k: len(self.groups[k]))
+            ready.append(self.groups.pop(fullest))
+        return ready
+
+    def flush(self) -> list[list]:
+        """The batches still waiting, oldest group first."""
+        ready, self.groups = list(self.groups.values()), {}
+        return ready
+
+
+# ---------------------------------------------------------------------------------------------- progress
+class _Progress:
+    """One bar for all processes on rank 0. Each process counts its own images at once; every ``every`` steps
+    the processes add up their counts (a collective every process calls in turn), and a process that has
+    finished keeps joining those exchanges until every process has, so none waits for a partner that left."""
+
+    def __init__(self, total: int, done: int, world: int, every: int, show: bool) -> None:
+        from tqdm import tqdm
+
+        self.world, self.every, self.steps, self.failed = world, every, 0, 0
+        self.unsynced = [0, 0]
+        self.bar = tqdm(total=total, initial=done, desc="segment", unit="img", dynamic_ncols=True,
+                        file=sys.stderr) if show else None
+
+    def step(self, done: int, failed: int) -> None:
+        """Count ``done`` segmented and ``failed`` images of this process."""
+        self.unsynced[0] += done
+        self.unsynced[1] += failed
+        self.steps += 1
+        if self.bar is not None:
+            self.bar.update(done + failed)
+        if self.steps % self.every == 0:
+            self._exchange(finished=False)
+
+    def _exchange(self, finished: bool) -> bool:
+        own = self.unsynced[0] + self.unsynced[1]
+        counts = distributed.all_reduce_sum(torch.tensor([*self.unsynced, int(finished)], dtype=torch.int64))
+        self.unsynced = [0, 0]
+        self.failed += int(counts[1])
+        if self.bar is not None:
+            self.bar.update(int(counts[0] + counts[1]) - own)
+            if self.failed:
+                self.bar.set_postfix(failed=self.failed, refresh=False)
+        return int(counts[2]) >= self.world
+
+    def finish(self) -> None:
+        """Wait for every process, keeping the bar up to date; close it."""
+        while not self._exchange(finished=True):
+            pass
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+class _Runner:
+    """Segments one process's pending images and writes their outputs and records."""
+
+    def __init__(self, predictor: Predictor, vocab: Vocabulary, is_thing: torch.Tensor, options: "BatchOptions",
+                 layout: OutputLayout, run_id: str, on_message: Callable[[str], None]) -> None:
+        # exact per-stage times: one device sync per stage costs little next to a forward pass
+        self.predictor = predictor.with_options(sync_timings=True)
+        self.vocab, self.is_thing, self.layout, self.run_id = vocab, is_thing, layout, run_id
+        self.options, self.on_message = options, on_message
+        self.stages = {s: 0.0 for s in STAGES}
+        self.decode = 0.0
+        self.computed = 0
+        self.progress: Optional[_Progress] = None
+        self.items: Sequence[ImageItem] = ()
+
+    def run(self, items: Sequence[ImageItem], progress: _Progress) -> None:
+        """Segment ``items``; failures become error records."""
+        self.items, self.progress = items, progress
+        if not items:
+            return
+        dataset = _ImageDataset(items, self.predictor.prepare, self.predictor.max_image_pixels,
+                                self.options.overlays)
+        batcher = SizeBatcher(self.options.batch_size, lambda s: self.predictor.padded_size(s.prepared))
+        waited = time.perf_counter()
+        for sample in _loader(dataset, self.options.workers, self.options.batch_size):
+            self.stages["input wait"] += time.perf_counter() - waited
+            self.decode += sample.seconds
+            if sample.error is not None:
+                self._fail(sample, sample.error, "decode")
+                progress.step(0, 1)
+            else:
+                for batch in batcher.add(sample):
+                    self._segment(batch)
+            waited = time.perf_counter()
+        for batch in batcher.flush():
+            self._segment(batch)
+
+    def _segment(self, batch: list[_Sample]) -> None:
+        start = time.perf_counter()
+        try:
+            results = self.predictor.predict_prepared([s.prepared for s in batch], self.vocab,
+                                                      self.options.tasks, self.is_thing)
+        except Exception as exc:  # noqa: BLE001 - an image the model cannot take must not end a long run
+            if len(batch) > 1:  # find the culprit: the others still get their results
+                for sample in batch:
+                    self._segment([sample])
+                return
+            self._fail(batch[0], _describe(exc), "model")
+            assert self.progress is not None
+            self.progress.step(0, 1)
+            return
+        elapsed = time.perf_counter() - start
+        post = self.predictor.timings.get("postprocess", 0.0)
+        self.stages["model"] += elapsed - post
+        self.stages["postprocess"] += post
+        done = sum(self._save(s, r, s.seconds + elapsed / len(batch)) for s, r in zip(batch, results))
+        assert self.progress is not None
+        self.progress.step(done, len(batch) - done)
+
+    def _save(self, sample: _Sample, result: SegmentationResult, seconds: float) -> bool:
+        """Write one image's outputs, then its record; False (and an error record) when writing fails."""
+        from .writers import result_to_json
+
+        item = self.items[sample.index]
+        start = time.perf_counter()
+        try:
+            data = result_to_json(result, item.name, self.options.overlay_task)
+            images, extra = self._images(sample, result, data)
+            self.stages["postprocess"] += time.perf_counter() - start
+            start = time.perf_counter()
+            for path, image in images.items():
+                atomic_save_image(image, path)
+            if self.options.format == "files":
+                atomic_write_json(self.layout.outputs(item.key)["json"], data)
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk: recorded, retried by the next run
+            self._fail(sample, _describe(exc), "write")
+            return False
+        seconds += time.perf_counter() - start
+        (height, width), (input_height, input_width) = result.image_size, result.input_size or result.image_size
+        outputs = [p.relative_to(self.layout.root).as_posix() for p in self.layout.outputs(item.key).values()]
+        record = {**self._base(item), "status": "ok", "height": height, "width": width, "input_height": input_height,
+                  "input_width": input_width, "outputs": outputs, **_summary(data), "seconds": round(seconds, 4),
+                  **extra}
+        atomic_write_json(self.layout.record(item.key), record, indent=None)
+        self.stages["write"] += time.perf_counter() - start
+        self.computed += 1
+        return True
+
+    def _images(self, sample: _Sample, result: SegmentationResult, data: dict) -> tuple[dict[Path, Any], dict]:
+        """The images to write (path -> PIL image) and the record's format-specific fields."""
+        from .writers import label_map_image, overlay_image
+
+        outputs = self.layout.outputs(self.items[sample.index].key)
+        images: dict[Path, Any] = {outputs["labels" if "labels" in outputs else "semantic"]: label_map_image(result)}
+        if "overlay" in outputs and sample.rgb is not None:
+            images[outputs["overlay"]] = overlay_image(sample.rgb.permute(1, 2, 0).numpy(), result,
+                                                       self.options.overlay_task)
+        extra: dict = {}
+        if self.options.format == "coco":
+            if "panoptic" in outputs:
+                images[outputs["panoptic"]] = coco.panoptic_png(result.panoptic)
+                extra["segments_info"] = coco.segments_info(data)
+            if "instance" in self.options.tasks:
+                extra["instances"] = coco.instance_results(data)
+        return images, extra
+
+    def _base(self, item: ImageItem) -> dict:
+        return {"file_name": item.name, "key": item.key, "source": str(Path(item.path).absolute()),
+                "run": self.run_id}
+
+    def _fail(self, sample: _Sample, message: str, stage: str) -> None:
+        item = self.items[sample.index]
+        self.on_message(f"error: {item.path}: {message}")
+        atomic_write_json(self.layout.record(item.key), {**self._base(item), "status": "error", "stage": stage,
+                                                         "error": message}, indent=None)
+
+
+def _summary(data: dict) -> dict:
+    """Segments count and the top classes (share of pixels) of the task's segments in a ``result_to_json`` dict;
+    a result with no segments lists no class."""
+    total = max(1, data["height"] * data["width"])
+    key = {"panoptic": "segments_info", "instance": "instances"}.get(data.get("task"), "semantic")
+    segments = data.get(key, [])
+    names = [c["name"] for c in data["categories"]]
+    areas: dict[str, int] = {}
+    for s in segments:  # a class's segments summed
+        areas[names[s["category_id"]]] = areas.get(names[s["category_id"]], 0) + s["area"]
+    top = [[label, round(area / total, 4)] for label, area in sorted(areas.items(), key=lambda kv: -kv[1])[:4]]
+    return {"segments": len(segments), "top": top}
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def run_batch(predictor: Predictor, items: Sequence[ImageItem], vocabulary: VocabularyLike,
+              output_dir: "str | Path", options: Optional[BatchOptions] = None, things: Any = None,
+              on_message: Optional[Callable[[str], None]] = None) -> BatchReport:
+    """Segment ``items`` (:func:`~maskadapter.inference.inputs.collect_inputs`) into ``output_dir``.
+
+    Under ``torchrun`` every process calls this with the same items; each segments its shard, and rank 0
+    merges. Images done by an earlier run of the same configuration are skipped (unless ``overwrite``).
+    ``things``: class names or flags (default: COCO things). ``on_message``: receives one line per failed
+    image (default: a logged warning). Every process returns the same report.
+    """
+    options = options or BatchOptions()
+    vocab = Vocabulary.coerce(vocabulary)
+    is_thing = predictor.things_mask(vocab, things)
+    layout = options.layout(Path(output_dir))
+    config = coco.run_config(layout, predictor, vocab, is_thing.tolist())
+    run_id = coco.config_hash(config)
+    say = on_message or logger.warning
+    info = distributed.init_distributed(predictor.device)
+    try:
+        head = on_main_process(lambda: coco.start_manifest(layout, config, items, predictor, options.overwrite, say))
+        distributed.barrier()
+        mine = distributed.shard(items, info.rank, info.world_size)
+        pending = list(mine) if options.overwrite else [
+            item for item in mine if (r := coco.read_record(layout, item, run_id)) is None or r["status"] != "ok"]
+        done = int(distributed.all_reduce_sum(torch.tensor([len(mine) - len(pending)]))[0])
+        progress = _Progress(len(items), done, info.world_size, options.sync_every,
+                             options.progress and info.is_main)
+        runner = _Runner(predictor, vocab, is_thing, options, layout, run_id, say)
+        start = time.perf_counter()
+        runner.run(pending, progress)
+        stats = {"computed": runner.computed, "seconds": time.perf_counter() - start, "stages": runner.stages,
+                 "decode": runner.decode}
+        progress.finish()
+        coco.write_shard(layout, mine, run_id, info.rank, info.world_size)
+        gathered = distributed.all_gather_object(stats)  # also waits for every shard
+        report = on_main_process(lambda: _merge_shards(layout, items, head, info.world_size, gathered))
+    finally:
+        distributed.cleanup(info)
+    return report
+
+
+def _merge_shards(layout: OutputLayout, items: Sequence[ImageItem], head: dict, world: int,
+                  gathered: list[dict]) -> BatchReport:
+    """Rank 0: the dataset-level files from every process's shard, and the run's report."""
+    report = coco.merge(layout, items, coco.shard_records(layout, len(items), world), head)
+    coco.remove_shards(layout)
+    report.processes = len(gathered)
+    report.computed = sum(s["computed"] for s in gathered)
+    report.seconds = max(s["seconds"] for s in gathered)
+    report.decode_seconds = sum(s["decode"] for s in gathered)
+    report.stage_seconds = {k: sum(s["stages"][k] for s in gathered) for k in STAGES}
+    report.stage_seconds["total"] = sum(s["seconds"] for s in gathered)
+    return report
