@@ -270,3 +270,36 @@ def test_predictor_segment_prompts_uses_its_prompt_model(model, fake_sam):
     assert fake_sam.embeddings_computed == 1  # the second call reused the embedding
     with pytest.raises(ValueError, match="needs a SAM prompt predictor"):
         Predictor(model, tiny_preset(), text_cache_dir=False).segment_prompts(image, VOCAB, points=[(20, 40)])
+
+
+def test_segment_command_with_points_and_boxes(model, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from maskadapter.cli import main
+
+    sam_file = register_tiny_sam(monkeypatch, tmp_path / "sam_vit_b_01ec64.pth")
+    preset_file = write_tiny_preset(tmp_path / "tiny.json")
+    weights = tmp_path / "tiny.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    image = tmp_path / "scene.png"
+    Image.fromarray(scene()).save(image)
+    out = tmp_path / "out"
+    base = ["segment", str(image), "--vocab", VOCAB, "--preset", str(preset_file), "--weights", str(weights),
+            "--precision", "fp32", "-o", str(out), "--no-text-cache"]
+    assert main([*base, "--points", "+20,40;-70,10", "--boxes", "14,34,41,51", "--sam-checkpoint",
+                 str(sam_file), "--sam-model", "vit_b"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("#1 ") and "(SAM " in printed and "top:" in printed
+    data = json.loads((out / "scene.json").read_text())
+    assert [p["points"] for p in data["prompts"]] == [[[20.0, 40.0, 1], [70.0, 10.0, 0]]]
+    assert data["prompts"][0]["box"] == [14.0, 34.0, 41.0, 51.0] and data["height"] == 60
+    labels = np.array(Image.open(out / "scene_labels.png"))
+    assert labels.shape == (60, 80) and Image.open(out / "scene_overlay.png").size == (80, 60)
+    # every mistake is reported before any model loads
+    for extra, message in ((["--points", "20,40"], "need --sam-checkpoint"),
+                           (["--points", "20,40;x", "--sam-checkpoint", str(sam_file)], "--points"),
+                           (["--boxes", "1,2,3", "--sam-checkpoint", str(sam_file)], "--boxes")):
+        assert main([*base, *extra]) == 1
+        assert message in capsys.readouterr().err
+    assert main([*base[:2], str(image), *base[2:], "--points", "1,1", "--sam-checkpoint", str(sam_file)]) == 1
+    assert "one image" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -17,6 +17,10 @@ from ..vocabulary import FILE_SYNTAX, INLINE_SYNTAX
 from .common import add_model_arguments, build_predictor, check_output_folder, say
 
 __all__ = ["register", "run_segment"]
+
+# kept in sync with maskadapter.inference.prompts.POINTS_SYNTAX / BOXES_SYNTAX (that module imports torch)
+_POINTS_HELP = '"x,y;x,y" in pixels, "+x,y" (default) on the object, "-x,y" off it'
+_BOXES_HELP = '"x0,y0,x1,y1;..." in pixels, each box one object'
 
 #: Runs of more images print totals instead of one row per image.
 TABLE_LIMIT = 50
@@ -56,7 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"comma-separated outputs among {', '.join(TASKS)} (default semantic; label maps always)")
     p.add_argument("--things", help="classes that are countable objects (panoptic/instance), comma separated; "
                                     "default: classes matching a COCO thing class")
-    # prompt segmentation (--points / --boxes) is validated here too, before the model loads, when it lands
+    p.add_argument("--points", help="click to segment: SAM point prompts, " + _POINTS_HELP + " (needs "
+                                    "--sam-checkpoint; one image)")
+    p.add_argument("--boxes", help="SAM box prompts, " + _BOXES_HELP + " (needs --sam-checkpoint; one image)")
+    p.add_argument("--top-k", type=int, default=5, help="classes listed per prompt (default 5)")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--format", choices=["files", "coco"], default="files", help="output format (default files)")
     p.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=None,
@@ -80,6 +87,8 @@ class _Settings:
     things: Optional[list[str]]
     tasks: tuple[str, ...]
     output: Path
+    points: list = field(default_factory=list)  #: SAM point prompts (x, y, positive)
+    boxes: list = field(default_factory=list)  #: SAM box prompts (x0, y0, x1, y1)
 
 
 def _check_args(args: argparse.Namespace) -> _Settings:
@@ -93,11 +102,12 @@ def _check_args(args: argparse.Namespace) -> _Settings:
         raise ValueError(f"--task must name some of {', '.join(TASKS)}, got {args.task!r}")
     things = [t.strip() for t in args.things.split(",") if t.strip()] if args.things else None
     if things is not None:
-        names = {n.lower() for n in vocab.names}
-        missing = sorted({t for t in things if t.lower() not in names})
-        if missing:
-            raise ValueError(f"--things names classes not in the vocabulary: {missing} (classes: "
-                             f"{', '.join(vocab.names)})")
+        from ..inference.predictor import things_mask
+
+        try:
+            things_mask(vocab, things)
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from exc
     for name, low in (("batch_size", 1), ("workers", 0)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
@@ -105,7 +115,25 @@ def _check_args(args: argparse.Namespace) -> _Settings:
         raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
     if not (args.images or args.image_list or args.images_json):
         raise ValueError("give images: files, folders, glob patterns, --image-list or --images-json")
-    return _Settings(vocab, things, tasks, check_output_folder(args.output))
+    points, boxes = _check_prompts(args)
+    return _Settings(vocab, things, tasks, check_output_folder(args.output), points, boxes)
+
+
+def _check_prompts(args: argparse.Namespace) -> tuple[list, list]:
+    """Parsed --points / --boxes; they need SAM and exactly one image file."""
+    if not (args.points or args.boxes):
+        return [], []
+    from ..inference.prompts import parse_boxes, parse_points
+
+    points = parse_points(args.points) if args.points else []
+    boxes = parse_boxes(args.boxes) if args.boxes else []
+    if not args.sam_checkpoint:
+        raise ValueError("--points / --boxes need --sam-checkpoint PATH (SAM or SAM 2 weights)")
+    if len(args.images) != 1 or args.image_list or args.images_json or not Path(args.images[0]).is_file():
+        raise ValueError("--points / --boxes are pixels of one image: give exactly one image file")
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    return points, boxes
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -114,6 +142,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from ..distributed import cleanup, init_distributed, resolve_device
     from ..inference.batch import SharedError
 
+    if settings.points or settings.boxes:
+        return _segment_prompts(args, settings)
     info = init_distributed(resolve_device(args.device))
     try:
         return _segment(args, settings, info.is_main)
@@ -144,6 +174,38 @@ def _segment(args: argparse.Namespace, settings: _Settings, main: bool) -> int:
     if main:
         _print_summary(report, options)
     return 1 if report.failed else 0
+
+
+def _segment_prompts(args: argparse.Namespace, settings: _Settings) -> int:
+    """Click to segment one image: overlay with the prompts, label map and JSON (prompts, classes, top-k)."""
+    from PIL import Image
+
+    from ..fileio import atomic_save_image, atomic_write_json
+    from ..images import to_rgb_tensor
+    from ..inference.prompts import prompt_overlay
+    from ..inference.writers import encode_label_map
+
+    path = Path(args.images[0])
+    predictor = build_predictor(args)
+    rgb = to_rgb_tensor(path, max_pixels=predictor.max_image_pixels)
+    result = predictor.segment_prompts(rgb, settings.vocab, points=settings.points, boxes=settings.boxes,
+                                       top_k=args.top_k)
+    stem, H, W = path.stem, int(rgb.shape[1]), int(rgb.shape[2])
+    atomic_save_image(prompt_overlay(rgb.permute(1, 2, 0).numpy(), result), settings.output / f"{stem}_overlay.png")
+    atomic_save_image(Image.fromarray(encode_label_map(result.semantic, len(settings.vocab))),
+                      settings.output / f"{stem}_labels.png")
+    atomic_write_json(settings.output / f"{stem}.json", {
+        "file_name": path.name, "height": H, "width": W,
+        "categories": [{"id": i, "name": syns[0], "synonyms": list(syns)}
+                       for i, syns in enumerate(settings.vocab.classes)],
+        "prompts": result.records()})
+    for record in result.records():
+        top = ", ".join(f"{t['label']} {t['score']:.2f}" for t in record["top_k"]) if record["label"] else "-"
+        share = 100 * record["area"] / (H * W)
+        print(f"#{record['id']} {record['label'] or 'empty mask'} (SAM {record['sam_score']:.2f}) "
+              f"{share:.1f}% of the image; top: {top}")
+    print(f"outputs written to {settings.output}/: {stem}_overlay.png, {stem}_labels.png, {stem}.json")
+    return 0
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from ..vocabulary import Vocabulary, VocabularyLike
 from . import coco
 from .coco import BatchReport, OutputLayout, merge_outputs
 from .inputs import ImageItem
-from .predictor import PreparedImage, Predictor, SegmentationResult, check_tasks
+from .predictor import PreparedImage, Predictor, SegmentationResult, check_tasks, things_mask
 
 __all__ = ["BatchOptions", "BatchReport", "run_batch", "merge_outputs", "on_main_process", "SharedError",
            "SizeBatcher"]
@@ -142,14 +142,10 @@ def _keep(sample: _Sample) -> _Sample:
 def _loader(dataset: _ImageDataset, workers: int, batch_size: int) -> Iterable[_Sample]:
     if workers == 0:
         return (dataset[i] for i in range(len(dataset)))
-    import multiprocessing
-
-    # fork shares the loaded predictor with the workers instead of pickling the model into each of them
-    context = "fork" if sys.platform.startswith("linux") else None
+    # the dataset holds a small ImagePreparer, never the model, so any start method is cheap
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_keep,
-        prefetch_factor=max(2, -(-2 * batch_size // workers)),
-        multiprocessing_context=multiprocessing.get_context(context) if context else None)
+        prefetch_factor=max(2, -(-2 * batch_size // workers)))
 
 
 class SizeBatcher:
@@ -244,7 +240,7 @@ class _Runner:
         self.items, self.progress = items, progress
         if not items:
             return
-        dataset = _ImageDataset(items, self.predictor.prepare, self.predictor.max_image_pixels,
+        dataset = _ImageDataset(items, self.predictor.preparer, self.predictor.max_image_pixels,
                                 self.options.overlays)
         batcher = SizeBatcher(self.options.batch_size, lambda s: self.predictor.padded_size(s.prepared))
         waited = time.perf_counter()
@@ -368,7 +364,7 @@ def run_batch(predictor: Predictor, items: Sequence[ImageItem], vocabulary: Voca
     """
     options = options or BatchOptions()
     vocab = Vocabulary.coerce(vocabulary)
-    is_thing = predictor.things_mask(vocab, things)
+    is_thing = things_mask(vocab, things)
     layout = options.layout(Path(output_dir))
     config = coco.run_config(layout, predictor, vocab, is_thing.tolist())
     run_id = coco.config_hash(config)

@@ -41,7 +41,8 @@ from .options import InferenceOptions
 from .prompts import PromptSegmentation, segment_prompts
 from .preprocess import normalize, pad_batch, padded_size, resize_longest_side
 
-__all__ = ["Predictor", "SegmentationResult", "MaskClassification", "TASKS"]
+__all__ = ["Predictor", "SegmentationResult", "MaskClassification", "PreparedImage", "ImagePreparer", "TASKS",
+           "things_mask", "check_tasks"]
 
 logger = logging.getLogger(__name__)
 Things = Optional[Union[Sequence[str], Sequence[bool], torch.Tensor]]
@@ -91,6 +92,22 @@ class PreparedImage:
     def size(self) -> tuple[int, int]:
         """(h, w) of the resized image inside the padding."""
         return int(self.tensor.shape[1]), int(self.tensor.shape[2])
+
+
+@dataclass(frozen=True)
+class ImagePreparer:
+    """Makes :class:`PreparedImage` s without a model: small and picklable, so DataLoader workers get this, not
+    the predictor."""
+
+    test_size: int  #: long side of the network input
+    max_pixels: int  #: larger images are refused from their header
+    keep_rgb: bool = False  #: keep the decoded image (proposal generators work at full resolution)
+
+    def __call__(self, image: ImageInput) -> PreparedImage:
+        """Decode (size checked from the header), resize to the test size and normalise one image."""
+        rgb = to_rgb_tensor(image, max_pixels=self.max_pixels)
+        tensor = normalize(resize_longest_side(rgb, self.test_size))
+        return PreparedImage(tensor, (int(rgb.shape[1]), int(rgb.shape[2])), rgb if self.keep_rgb else None)
 
 
 class Predictor:
@@ -235,23 +252,25 @@ class Predictor:
     def predict_batch(self, images: Sequence[ImageInput], vocabulary: VocabularyLike,
                       tasks: Sequence[str] = TASKS, things: Things = None) -> list[SegmentationResult]:
         """:meth:`predict` for several images in one forward pass (padded to a common size, as the official
-        test pipeline pads a batch). Results equal one-by-one prediction when the images share their padded
-        size (:meth:`padded_size`); group images by it to batch them."""
+        test pipeline pads a batch). For images that share their padded size (:meth:`padded_size`; group images
+        by it), maps and masks equal one-by-one prediction and scores agree to float rounding (matrix kernels
+        sum in another order for another batch size)."""
         self.timings = {}
         with self._stage("preprocess"):
             prepared = [self.prepare(image) for image in images]
         return self.predict_prepared(prepared, vocabulary, tasks, things, _reset_timings=False)
 
+    @property
+    def preparer(self) -> ImagePreparer:
+        """What :meth:`prepare` runs, as a picklable object for DataLoader worker processes."""
+        return ImagePreparer(self.preset.test_size, self.options.max_image_pixels, self.mask_generator is not None)
+
     def prepare(self, image: ImageInput) -> PreparedImage:
-        """Decode (size checked from the header), resize to the preset's test size and normalise one image;
-        needs no model, so it can run in DataLoader worker processes."""
-        rgb = self._load(image)
-        tensor = normalize(resize_longest_side(rgb, self.preset.test_size))
-        return PreparedImage(tensor, (int(rgb.shape[1]), int(rgb.shape[2])),
-                             rgb if self.mask_generator is not None else None)
+        """Decode (size checked from the header), resize to the preset's test size and normalise one image."""
+        return self.preparer(image)
 
     def padded_size(self, prepared: PreparedImage) -> tuple[int, int]:
-        """The padded network input size of a prepared image: images with the same one batch exactly."""
+        """The padded network input size of a prepared image: images with the same one batch like one by one."""
         return padded_size([prepared.size], self.preset.size_divisibility)
 
     @torch.no_grad()
@@ -261,7 +280,7 @@ class Predictor:
         """Segment prepared images (:meth:`prepare`) in one forward pass; one result per image."""
         vocab = Vocabulary.coerce(vocabulary)
         tasks = check_tasks(tasks)
-        is_thing = self.things_mask(vocab, things)
+        is_thing = things_mask(vocab, things)
         if _reset_timings:
             self.timings = {}
         if self.mask_generator is not None:
@@ -408,20 +427,21 @@ class Predictor:
             self._seen[vocab] = pp.category_overlap(vocab, self._train_vocabulary).to(self.device)
         return self._seen[vocab]
 
-    def things_mask(self, vocab: Vocabulary, things: Things = None) -> torch.Tensor:
-        """Bool [C]: which classes are things, from ``things`` (names or flags) or by default the COCO things."""
-        if things is None:
-            return coco_thing_mask(vocab)
-        if isinstance(things, torch.Tensor) or (len(things) and isinstance(things[0], (bool, np.bool_))):
-            flags = torch.as_tensor(things, dtype=torch.bool)
-            if flags.shape != (len(vocab),):
-                raise ValueError(f"things must have one flag per class ({len(vocab)}), got {tuple(flags.shape)}")
-            return flags
-        names = {n.lower() for n in things}
-        unknown = names - {n.lower() for n in vocab.names}
-        if unknown:
-            raise ValueError(f"things names classes not in the vocabulary: {sorted(unknown)}")
-        return torch.tensor([n.lower() in names for n in vocab.names])
+def things_mask(vocab: Vocabulary, things: Things = None) -> torch.Tensor:
+    """Bool [C]: which classes are things, from ``things`` (names or flags) or by default the COCO things."""
+    if things is None:
+        return coco_thing_mask(vocab)
+    if isinstance(things, torch.Tensor) or (len(things) and isinstance(things[0], (bool, np.bool_))):
+        flags = torch.as_tensor(things, dtype=torch.bool)
+        if flags.shape != (len(vocab),):
+            raise ValueError(f"things must have one flag per class ({len(vocab)}), got {tuple(flags.shape)}")
+        return flags
+    names = {n.lower() for n in things}
+    unknown = names - {n.lower() for n in vocab.names}
+    if unknown:
+        raise ValueError(f"things names classes not in the vocabulary: {sorted(unknown)} "
+                         f"(classes: {', '.join(vocab.names)})")
+    return torch.tensor([n.lower() in names for n in vocab.names])
 
 
 def check_tasks(tasks: Union[str, Sequence[str]]) -> tuple[str, ...]:
