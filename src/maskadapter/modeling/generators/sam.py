@@ -161,6 +161,22 @@ def _model_from(checkpoint: Union[PathLike, SamModel], backend: str, model_type:
     return checkpoint if isinstance(checkpoint, SamModel) else load_sam(checkpoint, backend, model_type, device)
 
 
+def _wrap(checkpoint: Union[PathLike, SamModel], backend: str, model_type: Optional[str],
+          device: Union[str, torch.device], builder: Optional[Callable[..., Any]], kwargs: dict,
+          sam_class: tuple[str, str], sam2_class: tuple[str, str]) -> tuple[Optional[SamModel], Any]:
+    """(the loaded network, the package's ``class(network, **kwargs)`` for its backend), or with ``builder``
+    (tests, custom models) ``(None, builder(checkpoint, **kwargs))``."""
+    if builder is not None:
+        if not isinstance(checkpoint, SamModel) and not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
+        return None, builder(checkpoint, **kwargs)
+    _check_backend(checkpoint.backend if isinstance(checkpoint, SamModel) else backend)
+    model = _model_from(checkpoint, backend, model_type, device)
+    module, name = sam_class if model.backend == "sam" else sam2_class
+    extra = "sam" if model.backend == "sam" else "sam2"
+    return model, getattr(_import(module, extra), name)(model.network, **kwargs)
+
+
 def _check_rgb(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be an RGB uint8 array [H, W, 3], got "
@@ -186,20 +202,10 @@ class SamMaskGenerator:
         **generator_kwargs: Any,
     ) -> None:
         self.min_area = min_area
-        self.model: Optional[SamModel] = None
-        if builder is not None:
-            if not isinstance(checkpoint, SamModel) and not os.path.isfile(checkpoint):
-                raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
-            self._generator = builder(checkpoint, **generator_kwargs)
-            return
-        _check_backend(checkpoint.backend if isinstance(checkpoint, SamModel) else backend)
-        self.model = _model_from(checkpoint, backend, model_type, device)
-        if self.model.backend == "sam":
-            sam = _import("segment_anything", "sam")
-            self._generator = sam.SamAutomaticMaskGenerator(self.model.network, **generator_kwargs)
-        else:
-            amg = _import("sam2.automatic_mask_generator", "sam2")
-            self._generator = amg.SAM2AutomaticMaskGenerator(self.model.network, **generator_kwargs)
+        self.model, self._generator = _wrap(
+            checkpoint, backend, model_type, device, builder, generator_kwargs,
+            ("segment_anything", "SamAutomaticMaskGenerator"),
+            ("sam2.automatic_mask_generator", "SAM2AutomaticMaskGenerator"))
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks [N, H, W] bool (largest first) and their predicted IoU scores [N] for ``image`` [H, W, 3] uint8."""
@@ -243,23 +249,12 @@ class SamPromptPredictor:
         builder: Optional[Callable[..., Any]] = None,
         **predictor_kwargs: Any,
     ) -> None:
-        self.model: Optional[SamModel] = None
         self.embeddings_computed = 0  #: how many times an image embedding was computed
         self._key: Optional[str] = None
         self._size: Optional[tuple[int, int]] = None
-        if builder is not None:
-            if not isinstance(checkpoint, SamModel) and not os.path.isfile(checkpoint):
-                raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
-            self._predictor = builder(checkpoint, **predictor_kwargs)
-            return
-        _check_backend(checkpoint.backend if isinstance(checkpoint, SamModel) else backend)
-        self.model = _model_from(checkpoint, backend, model_type, device)
-        if self.model.backend == "sam":
-            sam = _import("segment_anything", "sam")
-            self._predictor = sam.SamPredictor(self.model.network, **predictor_kwargs)
-        else:
-            module = _import("sam2.sam2_image_predictor", "sam2")
-            self._predictor = module.SAM2ImagePredictor(self.model.network, **predictor_kwargs)
+        self.model, self._predictor = _wrap(
+            checkpoint, backend, model_type, device, builder, predictor_kwargs,
+            ("segment_anything", "SamPredictor"), ("sam2.sam2_image_predictor", "SAM2ImagePredictor"))
 
     @property
     def image_size(self) -> Optional[tuple[int, int]]:
