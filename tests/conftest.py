@@ -98,3 +98,39 @@ def write_tiny_preset(path: Path, base: str = "fcclip-large", embed_dim: int = 3
     }
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
+
+
+def write_tiny_checkpoint(root: Path, base: str = "fcclip-large", seed: int = 0) -> tuple[Path, Path]:
+    """A tiny preset JSON and a checkpoint of random weights in the official layout: (preset file, weights)."""
+    from maskadapter.modeling.build import build_model, load_preset_file
+
+    preset_file = write_tiny_preset(root / "tiny.json", base)
+    preset, arch = load_preset_file(preset_file)
+    torch.manual_seed(seed)
+    weights = root / "tiny.pth"
+    torch.save({"model": build_model(preset, arch).state_dict()}, weights)
+    return preset_file, weights
+
+
+def count_model_calls(monkeypatch) -> list[int]:
+    """Patch ``Predictor.predict_prepared`` to record the batch size of every model call."""
+    from maskadapter.inference.predictor import Predictor
+
+    calls: list[int] = []
+    real = Predictor.predict_prepared
+
+    def counting(self, batch, *args, **kwargs):
+        calls.append(len(batch))
+        return real(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_prepared", counting)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def tiny_fcclip():
+    """A tiny FC-CLIP-style model with random weights (seed 0), shared by a test module."""
+    from maskadapter.modeling.build import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_preset(), tiny_architecture())

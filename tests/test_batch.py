@@ -24,9 +24,8 @@ from maskadapter.fileio import is_temporary
 from maskadapter.inference.batch import BatchOptions, SizeBatcher, run_batch
 from maskadapter.inference.inputs import collect_inputs
 from maskadapter.inference.predictor import Predictor
-from maskadapter.modeling.build import build_model, load_preset_file
 
-from conftest import write_tiny_preset
+from conftest import count_model_calls, write_tiny_checkpoint
 
 VOCAB = "cat, sofa|couch, sky"
 SIZES = [(90, 120), (64, 48), (100, 100), (50, 120), (120, 90), (70, 70), (33, 99), (80, 60), (60, 80), (48, 64)]
@@ -40,11 +39,7 @@ def _image(path: Path, h: int, w: int, seed: int) -> None:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch")
-    preset_file = write_tiny_preset(root / "tiny.json")
-    preset, arch = load_preset_file(preset_file)
-    torch.manual_seed(0)
-    weights = root / "tiny.pth"
-    torch.save({"model": build_model(preset, arch).state_dict()}, weights)
+    preset_file, weights = write_tiny_checkpoint(root)
     images = root / "images"
     images.mkdir()
     for i, (h, w) in enumerate(SIZES):
@@ -81,18 +76,6 @@ def output_files(out: Path) -> dict[str, bytes]:
         if path.is_file() and not rel.startswith(("records/", "manifest")) and not is_temporary(path):
             files[rel] = path.read_bytes()
     return files
-
-
-def count_model_calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = Predictor.predict_prepared
-
-    def counting(self, batch, *args, **kwargs):
-        calls.append(len(batch))
-        return real(self, batch, *args, **kwargs)
-
-    monkeypatch.setattr(Predictor, "predict_prepared", counting)
-    return calls
 
 
 @pytest.fixture(scope="module")

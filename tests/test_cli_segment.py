@@ -18,10 +18,9 @@ from pycocotools import mask as mask_util
 from maskadapter.cli import main
 from maskadapter.cli import segment as segment_cmd
 from maskadapter.fileio import is_temporary
-from maskadapter.inference.predictor import Predictor
 from maskadapter.modeling.build import build_model, load_preset_file
 
-from conftest import tiny_architecture, tiny_preset, write_tiny_preset
+from conftest import count_model_calls, tiny_architecture, tiny_preset, write_tiny_preset
 
 
 @pytest.fixture(scope="module")
@@ -177,24 +176,12 @@ def test_nested_folders_with_and_without_recursive(setup, tmp_path, capsys):
     assert "not entered" not in capsys.readouterr().err
 
 
-def count_calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = Predictor.predict_prepared
-
-    def counting(self, batch, *args, **kwargs):
-        calls.append(len(batch))
-        return real(self, batch, *args, **kwargs)
-
-    monkeypatch.setattr(Predictor, "predict_prepared", counting)
-    return calls
-
-
 def test_interrupted_folder_run_resumes_and_overwrite_recomputes(setup, tmp_path, monkeypatch, capsys):
     src = tmp_path / "in"
     for i, name in enumerate("abc"):
         save(src / f"{name}.png", 20 + i, 30)
     out = tmp_path / "out"
-    calls = count_calls(monkeypatch)
+    calls = count_model_calls(monkeypatch)
     assert run(setup, [src], out, "--limit", "2") == 0 and len(calls) == 2  # a run stopped after two images
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("[ab]*")}
     assert run(setup, [src], out) == 0 and len(calls) == 3  # only c

@@ -19,7 +19,6 @@ import pytest
 import torch
 from PIL import Image
 
-import maskadapter.cli
 from maskadapter.cli import main
 from maskadapter.data.vocabularies import builtin_vocabulary
 from maskadapter.demo import (CLICK_TABLE_HEADERS, OWNER_FILE, READY_VOCABULARIES, SAM_HELP, TABLE_HEADERS,
@@ -59,9 +58,8 @@ def _gradio():
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model(tiny_preset(), tiny_architecture())
+def model(tiny_fcclip):
+    return tiny_fcclip
 
 
 @pytest.fixture(scope="module")

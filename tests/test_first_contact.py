@@ -19,12 +19,11 @@ from PIL import Image
 import maskadapter
 from maskadapter.hub import resolve_weights
 from maskadapter.inference.predictor import Predictor
-from maskadapter.modeling.build import build_model, load_preset_file
 from maskadapter.modeling.text import TextClassifier
 from maskadapter.presets import get_preset
 from maskadapter.vocabulary import Vocabulary
 
-from conftest import write_tiny_preset
+from conftest import write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,11 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("first")
-    preset_file = write_tiny_preset(root / "tiny.json")
-    preset, arch = load_preset_file(preset_file)
-    torch.manual_seed(0)
-    weights = root / "tiny.pth"
-    torch.save({"model": build_model(preset, arch).state_dict()}, weights)
+    preset_file, weights = write_tiny_checkpoint(root)
     image = root / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(image)
     return {"root": root, "preset": preset_file, "weights": weights, "image": image}

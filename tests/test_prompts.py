@@ -12,10 +12,9 @@ import torch
 from maskadapter.inference.predictor import Predictor
 from maskadapter.inference.prompts import (PromptGroup, parse_boxes, parse_points, prompt_groups, prompt_overlay,
                                            segment_prompts)
-from maskadapter.modeling.build import build_model
 from maskadapter.modeling.generators.sam import SamPromptPredictor
 
-from conftest import tiny_architecture, tiny_preset, write_tiny_preset
+from conftest import tiny_preset, write_tiny_preset
 from sam_fakes import FakeSamPredictor, register_tiny_sam
 
 VOCAB = "sky, road, car"
@@ -36,9 +35,8 @@ def region(image: np.ndarray, color) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model(tiny_preset(), tiny_architecture())
+def model(tiny_fcclip):
+    return tiny_fcclip
 
 
 @pytest.fixture(scope="module")
