@@ -69,11 +69,12 @@ def all_modules() -> dict[str, set[str]]:
 
 def test_dependencies_point_one_way():
     upward = []
-    for module, imports in all_modules().items():
+    graph = all_modules()
+    for module, imports in graph.items():
         if module == "":  # the package __init__ loads public names lazily, from every layer
             continue
         for target in imports:
-            target = target if target in all_modules() else target.rsplit(".", 1)[0]
+            target = target if target in graph else target.rsplit(".", 1)[0]
             if LAYERS.index(layer_of(target)) > LAYERS.index(layer_of(module)):
                 upward.append(f"{module} ({layer_of(module)}) imports {target} ({layer_of(target)})")
     assert not upward, "imports against the layering " + " < ".join(LAYERS) + ":\n" + "\n".join(sorted(upward))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_util
 
-__all__ = ["Instances", "encode_rle", "decode_rle"]
+__all__ = ["Instances", "encode_rle", "decode_rle", "RunLengths"]
 
 
 def encode_rle(masks: "torch.Tensor | np.ndarray") -> list[dict]:
@@ -90,3 +90,46 @@ class Instances:
 
 def _coded(rles: Sequence[dict]) -> list[dict]:
     return [dict(r, counts=r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]) for r in rles]
+
+
+class RunLengths:
+    """COCO RLEs (runs in column-major order) of K binary masks [K, H, W] whose rows arrive in bands.
+
+    Only the positions where the mask changes along a column are kept, with the first and last rows, so the
+    cost is the masks' boundary length, not K x H x W."""
+
+    def __init__(self, K: int, H: int, W: int) -> None:
+        self.K, self.H, self.W = K, H, W
+        self.keys: list[torch.Tensor] = []  # k * H * W + column-major index of each change
+        self.first: Optional[torch.Tensor] = None
+        self.last: Optional[torch.Tensor] = None
+
+    def add(self, masks: torch.Tensor, r0: int) -> None:
+        """Rows [r0, r0 + n) of the masks, bool [K, n, W]."""
+        if self.last is None:
+            self.first, rows, base = masks[:, 0].clone(), masks, r0 + 1
+        else:
+            rows, base = torch.cat([self.last.unsqueeze(1), masks], 1), r0
+        k, r, c = torch.nonzero(rows[:, 1:] != rows[:, :-1], as_tuple=True)
+        self.keys.append(k * (self.H * self.W) + c * self.H + r + base)
+        self.last = masks[:, -1].clone()
+
+    def finish(self) -> list[dict]:
+        """The RLEs, ``{"size": [H, W], "counts": str}`` each, exactly as pycocotools encodes the masks."""
+        from pycocotools import mask as mask_util
+
+        if self.K == 0:
+            return []
+        N = self.H * self.W
+        k, c = torch.nonzero(self.first[:, 1:] != self.last[:, :-1], as_tuple=True)  # column c+1 starts a run
+        starts = torch.nonzero(self.first[:, 0], as_tuple=True)[0]  # masks that begin with a 1
+        keys = torch.cat(self.keys + [k * N + (c + 1) * self.H, starts * N]).sort().values.numpy()
+        owner, position = np.divmod(keys, N)
+        ends = np.searchsorted(owner, np.arange(self.K + 1))
+        rles = []
+        for i in range(self.K):
+            bounds = np.concatenate([[0], position[ends[i]:ends[i + 1]], [N]])
+            coded = mask_util.frPyObjects({"size": [self.H, self.W], "counts": np.diff(bounds).tolist()},
+                                          self.H, self.W)
+            rles.append({"size": [self.H, self.W], "counts": coded["counts"].decode("ascii")})
+        return rles

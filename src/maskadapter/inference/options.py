@@ -23,8 +23,11 @@ class InferenceOptions:
     precision: str = "auto"
     #: images with more pixels are refused (from the file header, before decoding)
     max_image_pixels: int = 100_000_000
-    #: output maps of larger images are produced at a size scaled down to this many pixels; None: no cap
-    max_output_pixels: Optional[int] = 4_000_000
+    #: output maps of larger images are produced at a size scaled down to this many pixels; None (default): at
+    #: the image's own size, whatever it is (post-processing works in bands of bounded memory)
+    max_output_pixels: Optional[int] = None
+    #: memory budget of one band of post-processing, in MiB (peak memory no longer grows with queries x pixels)
+    band_mb: int = 256
     #: resize mask logits to the output size before semantic inference; None: the preset's choice
     postprocess_before_inference: Optional[bool] = None
     #: wait for the device at each stage boundary so ``timings`` are exact (costs a sync per stage on CUDA)
@@ -35,6 +38,8 @@ class InferenceOptions:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if int(self.max_image_pixels) < 1:
             raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        if int(self.band_mb) < 1:
+            raise ValueError(f"band_mb must be positive, got {self.band_mb}")
         if self.max_output_pixels is not None and int(self.max_output_pixels) < 1:
             raise ValueError(f"max_output_pixels must be positive or None, got {self.max_output_pixels}")
 

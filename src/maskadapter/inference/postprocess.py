@@ -28,7 +28,8 @@ from ..vocabulary import Vocabulary
 
 __all__ = [
     "category_overlap", "geometric_ensemble", "sem_seg_postprocess", "semantic_inference",
-    "panoptic_inference", "instance_inference", "top_k_detections", "paint_masks",
+    "panoptic_inference", "decide_segments", "instance_inference", "top_k_detections", "paint_masks",
+    "check_cls_and_masks", "as_bool_list",
 ]
 
 BoolLike = Union[torch.Tensor, Sequence[bool]]
@@ -149,7 +150,7 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, has_void
     ``mask_cls`` is cast to ``mask_pred``'s dtype first, as the official code does, so the result has
     ``mask_pred``'s dtype.
     """
-    _check_cls_and_masks(mask_cls, mask_pred, has_void)
+    check_cls_and_masks(mask_cls, mask_pred, has_void)
     probs = F.softmax(mask_cls.to(mask_pred.dtype), dim=-1)
     if has_void:
         probs = probs[:, :-1]
@@ -180,8 +181,8 @@ def panoptic_inference(
     ``masks_are_probabilities``: ``mask_pred`` holds 0-1 masks used as they are, without the sigmoid (the
     official ground-truth-mask evaluation).
     """
-    C = _check_cls_and_masks(mask_cls, mask_pred, has_void=True)
-    thing = _as_bool_list(is_thing, C, "is_thing")
+    C = check_cls_and_masks(mask_cls, mask_pred, has_void=True)
+    thing = as_bool_list(is_thing, C, "is_thing")
     H, W = mask_pred.shape[-2:]
     scores, labels = F.softmax(mask_cls.to(mask_pred.dtype), dim=-1).max(-1)
     keep = labels.ne(C) & (scores > object_mask_threshold)
@@ -200,10 +201,24 @@ def panoptic_inference(
     original_area = confident.sum((1, 2)).tolist()
     seg_area = torch.bincount(winner[in_segment], minlength=K).tolist()
 
-    segment_of_query = [0] * K
+    segment_of_query, segments = decide_segments(cur_classes.tolist(), cur_scores.tolist(), won_area, original_area,
+                                                 seg_area, thing, overlap_threshold)
+
+    # Won regions are disjoint, so painting them all at once equals the official per-query painting.
+    ids = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_pred.device)[winner]
+    panoptic_seg = torch.where(in_segment, ids, panoptic_seg)
+    return panoptic_seg, segments
+
+
+def decide_segments(classes: list[int], scores: list[float], won_area: list[int], original_area: list[int],
+                    seg_area: list[int], thing: list[bool], overlap_threshold: float
+                    ) -> tuple[list[int], list[dict]]:
+    """The official keep / overlap / stuff-merge rules of panoptic inference on per-query areas: each kept query's
+    segment id (0 = dropped) and the segment dicts (id, isthing, category_id, score, area)."""
+    segment_of_query = [0] * len(classes)
     segments: list[dict] = []
     stuff_segment: dict[int, dict] = {}
-    for k, (cls, score) in enumerate(zip(cur_classes.tolist(), cur_scores.tolist())):
+    for k, (cls, score) in enumerate(zip(classes, scores)):
         if not (won_area[k] > 0 and original_area[k] > 0 and seg_area[k] > 0):
             continue
         if won_area[k] / original_area[k] < overlap_threshold:
@@ -220,11 +235,7 @@ def panoptic_inference(
         segment_of_query[k] = info["id"]
         if not thing[cls]:
             stuff_segment[cls] = info
-
-    # Won regions are disjoint, so painting them all at once equals the official per-query painting.
-    ids = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_pred.device)[winner]
-    panoptic_seg = torch.where(in_segment, ids, panoptic_seg)
-    return panoptic_seg, segments
+    return segment_of_query, segments
 
 
 def instance_inference(
@@ -242,7 +253,7 @@ def instance_inference(
     clamped to Q*C, where the official topk would raise. Scores have ``mask_pred``'s dtype, and the mask
     mean is computed in at least float32 so that large fp16 masks cannot overflow.
     """
-    _check_cls_and_masks(mask_cls, mask_pred, has_void=True)
+    check_cls_and_masks(mask_cls, mask_pred, has_void=True)
     probs = F.softmax(mask_cls.to(mask_pred.dtype), dim=-1)[:, :-1]
     scores, classes, queries = top_k_detections(probs, is_thing, top_k)
     logits = mask_pred[queries]
@@ -263,7 +274,7 @@ def top_k_detections(class_scores: torch.Tensor, is_thing: Optional[BoolLike], t
     scores, flat_index = class_scores.flatten().topk(min(int(top_k), Q * C), sorted=True)
     classes, queries = flat_index % C, flat_index // C
     if is_thing is not None:
-        thing = torch.tensor(_as_bool_list(is_thing, C, "is_thing"), dtype=torch.bool, device=classes.device)
+        thing = torch.tensor(as_bool_list(is_thing, C, "is_thing"), dtype=torch.bool, device=classes.device)
         keep = thing[classes]
         scores, classes, queries = scores[keep], classes[keep], queries[keep]
     return scores, classes, queries
@@ -296,7 +307,7 @@ def _check_seen(seen: torch.Tensor) -> int:
     return int(seen.numel())
 
 
-def _check_cls_and_masks(mask_cls: torch.Tensor, mask_pred: torch.Tensor, has_void: bool) -> int:
+def check_cls_and_masks(mask_cls: torch.Tensor, mask_pred: torch.Tensor, has_void: bool) -> int:
     """Validate a per-image (mask_cls [Q, C(+1)], mask_pred [Q, H, W]) pair; return C."""
     if not isinstance(mask_cls, torch.Tensor) or mask_cls.dim() != 2:
         raise ValueError(f"mask_cls must have shape [Q, C+1], got {_describe(mask_cls)}")
@@ -317,7 +328,8 @@ def _check_cls_and_masks(mask_cls: torch.Tensor, mask_pred: torch.Tensor, has_vo
     return C
 
 
-def _as_bool_list(flags: BoolLike, num_classes: int, name: str) -> list[bool]:
+def as_bool_list(flags: BoolLike, num_classes: int, name: str) -> list[bool]:
+    """``flags`` ([C] tensor or sequence) as C Python bools; ValueError naming ``name`` otherwise."""
     if isinstance(flags, torch.Tensor):
         if flags.dim() != 1 or (flags.dtype != torch.bool and flags.is_floating_point()):
             raise ValueError(f"{name} must be a 1-D bool tensor [C], got {flags.dtype} {list(flags.shape)}")

@@ -35,6 +35,7 @@ from ..precision import autocast, resolve_precision
 from ..presets import PresetConfig, guess_preset
 from ..vocabulary import Vocabulary, VocabularyLike
 from . import postprocess as pp
+from .banded import postprocess_banded
 from .classify import classify_image_masks
 from .instances import Instances
 from .options import InferenceOptions
@@ -389,25 +390,17 @@ class Predictor:
     def _postprocess(self, vocab: Vocabulary, tasks: tuple[str, ...], is_thing: torch.Tensor,
                      mask_cls: torch.Tensor, mask_pred: torch.Tensor, size: tuple[int, int],
                      out_size: tuple[int, int]) -> SegmentationResult:
-        """Semantic / panoptic / instance outputs at ``out_size`` from [Q, C+1] log-probs and [Q, H, W] logits."""
-        result = SegmentationResult(vocab, out_size)
-        mask_full = None
-        if "semantic" in tasks and not self.postprocess_before_inference:
-            sem = pp.semantic_inference(mask_cls, mask_pred)
-            result.semantic = pp.sem_seg_postprocess(sem, size, *out_size).argmax(0)
-        if ("semantic" in tasks and result.semantic is None) or "panoptic" in tasks or "instance" in tasks:
-            mask_full = pp.sem_seg_postprocess(mask_pred, size, *out_size)
-            mask_cls = mask_cls.to(mask_full.dtype)
-        if "semantic" in tasks and result.semantic is None:
-            result.semantic = pp.semantic_inference(mask_cls, mask_full).argmax(0)
-        if "panoptic" in tasks:
-            result.panoptic, segments = pp.panoptic_inference(
-                mask_cls, mask_full, is_thing, self.preset.object_mask_threshold, self.preset.overlap_threshold)
-            result.segments = [{**s, "label": vocab.names[s["category_id"]]} for s in segments]
-        if "instance" in tasks:
-            inst = pp.instance_inference(mask_cls, mask_full, is_thing, self.preset.detections_per_image)
-            result.instances = Instances.from_masks(inst["masks"], inst["scores"], inst["classes"])
-        return result
+        """Semantic / panoptic / instance outputs at ``out_size`` from [Q, C+1] log-probs and [Q, H, W] logits,
+        band by band (bit-identical to resizing all Q logits at once, in memory bounded by the band budget)."""
+        out = postprocess_banded(mask_cls, mask_pred, size, out_size, tasks, is_thing,
+                                 before=self.postprocess_before_inference,
+                                 object_mask_threshold=self.preset.object_mask_threshold,
+                                 overlap_threshold=self.preset.overlap_threshold,
+                                 top_k=self.preset.detections_per_image,
+                                 band_bytes=self.options.band_mb * 2**20)
+        segments = [{**s, "label": vocab.names[s["category_id"]]} for s in out.segments]
+        return SegmentationResult(vocab, out_size, semantic=out.semantic, panoptic=out.panoptic,
+                                  segments=segments, instances=out.instances)
 
     def _predict_with_proposals(self, rgb: torch.Tensor, vocab: Vocabulary, tasks: tuple[str, ...]
                                 ) -> SegmentationResult:
