@@ -309,7 +309,7 @@ def test_build_demo_page_function(predictor, image_file, monkeypatch):
     import maskadapter.demo
     from maskadapter.demo import build_demo
 
-    monkeypatch.setattr(maskadapter.demo, "_KEEP_REQUEST_DIRS", 2)
+    monkeypatch.setattr(maskadapter.demo.workdir, "_KEEP_REQUEST_DIRS", 2)
 
     demo = build_demo(predictor, examples=[])
     assert isinstance(demo, gr.Blocks)
