@@ -15,12 +15,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 
 import torch
+
+from common import run_child  # benchmarks/common.py (scripts run from their folder)
 
 CLIP_DIM, CHANNELS, K = 768, 768, 16
 
@@ -98,14 +98,6 @@ def gemm_gflops(dtype: torch.dtype, device: str) -> float:
     return 2 * 8192 * 768 * 3072 / best / 1e9
 
 
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child failed for {spec}:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N=16 and N=100 on the 20x20 grid only")
@@ -144,7 +136,7 @@ def main() -> None:
             for path, prec in variants:
                 out = os.path.join(tmp, f"{grid}_{n}_{path}_{prec}.pt")
                 big = n * grid * grid > 100 * 400
-                res = run_child({"grid": grid, "n": n, "path": path, "precision": prec, "out": out,
+                res = run_child(__file__, {"grid": grid, "n": n, "path": path, "precision": prec, "out": out,
                                  "device": args.device, "reps": 1 if big else 3})
                 result = torch.load(out, weights_only=True)
                 if base is None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
 import torch
+
+from common import run_child  # benchmarks/common.py (scripts run from their folder)
 
 STAGES = ("preprocess", "text", "backbone", "generator", "adapter", "postprocess")
 
@@ -67,12 +66,11 @@ def main() -> None:
     print("-" * len(header))
     for precision in ("fp32", "bf16"):
         spec = {"device": args.device, "precision": precision, "vocab": args.vocab}
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                              text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if proc.returncode:
-            print(f"{precision}: failed\n{proc.stderr[-2000:]}")
+        try:
+            res = run_child(__file__, spec)
+        except RuntimeError as exc:
+            print(f"{precision}: failed\n{exc}")
             continue
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
         for label, run in zip(("uncached", "cached"), res["runs"]):
             cells = " ".join(f"{run.get(s, 0.0):11.2f}" for s in STAGES)
             print(f"{precision:>9} {label:>8} {cells} {run['total']:8.2f} {res['peak'] / 2**20:9.0f}", flush=True)

@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+from common import run_child  # benchmarks/common.py (scripts run from their folder)
 
 Q, C = 250, 150
 PADDED = (672, 896)  # the network input: 896 on the long side, a multiple of 32
@@ -90,14 +90,6 @@ def child(spec: dict) -> dict:
             "segments": len(out.segments), "instances": len(out.instances) if out.instances is not None else 0}
 
 
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child failed for {spec}:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 and 4 Mpx only")
@@ -125,10 +117,10 @@ def main() -> None:
             spec = {"out_size": [H, W], "task": task, "band_mb": args.band_mb, "reps": args.reps if mpx <= 4 else 1}
             full = None
             if Q * H * W * 4 <= args.max_gb * 2**30:
-                full = run_child({**spec, "path": "full"})
+                full = run_child(__file__, {**spec, "path": "full"})
                 print(f"| {mpx} | {H}x{W} | {task} | full | {full['seconds']:.2f} | {full['peak'] / 2**20:.0f} "
                       f"| 1 | - |", flush=True)
-            res = run_child({**spec, "path": "banded"})
+            res = run_child(__file__, {**spec, "path": "banded"})
             same = "-" if full is None else ("yes" if full["digest"] == res["digest"] else "NO")
             print(f"| {mpx} | {H}x{W} | {task} | banded | {res['seconds']:.2f} | {res['peak'] / 2**20:.0f} "
                   f"| {res['bands']} | {same} |", flush=True)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
 import torch
+
+from common import run_child  # benchmarks/common.py (scripts run from their folder)
 
 NUM_GT = 20
 
@@ -119,14 +119,6 @@ def child(spec: dict) -> dict:
     return {"seconds": sum(times) / len(times), "first": first, "peak": max(total - base, 0), "total": total}
 
 
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child failed for {spec}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -157,7 +149,7 @@ def main() -> None:
             for ckpt in (False, True):
                 spec = {"device": args.device, "size": args.size, "batch": args.batch, "steps": args.steps,
                         "precision": precision, "ckpt": ckpt, "out": os.path.join(tmp, f"{precision}-{ckpt}")}
-                res = run_child(spec)
+                res = run_child(__file__, spec)
                 base = base or res
                 print(f"{precision:>9} {'on' if ckpt else 'off':>9} {res['seconds']:8.2f} "
                       f"{args.batch / res['seconds']:7.3f} {res['first']:8.2f} {res['peak'] / 2**20:9.0f} "
