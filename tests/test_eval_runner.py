@@ -320,3 +320,18 @@ def test_torchrun_two_processes_equal_one_process(setup, first_run):
     b = json.loads((two / "results.json").read_text())
     assert b["processes"] == 2 and (b["computed"], b["num_images"]) == (3, 3)
     assert b["metrics"] == a["metrics"]
+
+
+def test_eval_options_are_checked_before_the_model_loads(setup, monkeypatch, capsys, tmp_path):
+    import maskadapter.cli.eval as eval_cmd
+
+    loads = []
+    monkeypatch.setattr(eval_cmd, "build_predictor", lambda args: loads.append(args) or pytest.fail("loaded"))
+    (tmp_path / "file").write_text("x")
+    for extra, message in ((["--tasks", "depth"], "--tasks must name some of"),
+                           (["--limit", "0"], "--limit must be a positive"),
+                           (["--output", str(tmp_path / "file")], "is not a folder")):
+        args = [a for a in eval_args(setup, tmp_path / "out") if a not in ("--output", str(tmp_path / "out"))]
+        assert run_cli(monkeypatch, [*args, *extra]) == 1
+        assert message in capsys.readouterr().err
+    assert not loads

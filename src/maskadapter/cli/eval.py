@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..constants import DATASET_NAMES, TASKS, user_cache_dir
-from .common import add_model_arguments, build_predictor
+from .common import add_model_arguments, build_predictor, check_output_folder
 
 __all__ = ["register", "run_eval"]
 
@@ -84,7 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if unknown or not tasks:
             raise ValueError(f"--tasks must name some of {', '.join(TASKS)}, got {args.tasks!r}")
     dataset = load_dataset(args.dataset, args.data_root, strict=not args.allow_missing)
-    output = Path(args.output) if args.output else _default_output(args)
+    output = check_output_folder(args.output) if args.output else _default_output(args)
     predictor = build_predictor(args)
     results = run_evaluation(predictor, dataset, tasks=tasks, output_dir=output, limit=args.limit,
                              resume=not args.no_resume, gt_masks=args.gt_masks, precision=args.precision,
