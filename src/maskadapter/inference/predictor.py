@@ -46,6 +46,8 @@ __all__ = ["Predictor", "SegmentationResult", "MaskClassification", "PreparedIma
            "things_mask", "check_tasks"]
 
 logger = logging.getLogger(__name__)
+#: On a GPU, post-processing resizes all Q logits at once up to this size; larger outputs are banded on the CPU.
+_GPU_FULL_BYTES = 4 * 2**30
 Things = Optional[Union[Sequence[str], Sequence[bool], torch.Tensor]]
 TextCache = Union[str, os.PathLike, None, bool]
 
@@ -391,7 +393,13 @@ class Predictor:
                      mask_cls: torch.Tensor, mask_pred: torch.Tensor, size: tuple[int, int],
                      out_size: tuple[int, int]) -> SegmentationResult:
         """Semantic / panoptic / instance outputs at ``out_size`` from [Q, C+1] log-probs and [Q, H, W] logits,
-        band by band (bit-identical to resizing all Q logits at once, in memory bounded by the band budget)."""
+        band by band (bit-identical to resizing all Q logits at once, in memory bounded by the band budget).
+
+        Banding replicates CPU kernels: on a GPU the full-tensor path runs, unless the Q resized logits would
+        exceed ``_GPU_FULL_BYTES``; those go to the CPU and are banded there (exact to the CPU computation)."""
+        full_bytes = mask_pred.shape[0] * out_size[0] * out_size[1] * 4
+        if mask_pred.device.type != "cpu" and full_bytes > _GPU_FULL_BYTES:
+            mask_cls, mask_pred = mask_cls.float().cpu(), mask_pred.float().cpu()
         out = postprocess_banded(mask_cls, mask_pred, size, out_size, tasks, is_thing,
                                  before=self.postprocess_before_inference,
                                  object_mask_threshold=self.preset.object_mask_threshold,
