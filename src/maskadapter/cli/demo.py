@@ -81,9 +81,7 @@ def _load(args: argparse.Namespace, tools: Any) -> tuple[Any, Optional[Any]]:
     # the predictor without SAM (loaded above, once), then given its SAM parts
     predictor = build_predictor(argparse.Namespace(**{**vars(args), "sam_checkpoint": None, "generator": "preset"}))
     if sam is not None:
-        predictor.prompt_model = sam.prompts
-        if args.generator == "sam":
-            predictor.mask_generator = sam.generator
+        predictor = predictor.with_sam(sam.generator if args.generator == "sam" else None, sam.prompts)
     return predictor, sam
 
 

@@ -183,7 +183,7 @@ def _segment_prompts(args: argparse.Namespace, settings: _Settings) -> int:
     from ..fileio import atomic_save_image, atomic_write_json
     from ..images import to_rgb_tensor
     from ..inference.prompts import prompt_overlay
-    from ..inference.writers import encode_label_map
+    from ..inference.writers import categories_json, encode_label_map
 
     path = Path(args.images[0])
     predictor = build_predictor(args)
@@ -196,8 +196,7 @@ def _segment_prompts(args: argparse.Namespace, settings: _Settings) -> int:
                       settings.output / f"{stem}_labels.png")
     atomic_write_json(settings.output / f"{stem}.json", {
         "file_name": path.name, "height": H, "width": W,
-        "categories": [{"id": i, "name": syns[0], "synonyms": list(syns)}
-                       for i, syns in enumerate(settings.vocab.classes)],
+        "categories": categories_json(settings.vocab),
         "prompts": result.records()})
     for record in result.records():
         top = ", ".join(f"{t['label']} {t['score']:.2f}" for t in record["top_k"]) if record["label"] else "-"

@@ -180,7 +180,8 @@ def everything_request(predictor: Any, sam: SamTools, image: Optional[ImageInput
     Returns what :func:`segment_request` returns for the panoptic task, the rows as ``{"headers", "data"}``."""
     if sam.generator is None:
         return None, _table(TABLE_HEADERS), None, None, "error: this SAM has no automatic mask generator"
-    # the page's model, text cache and options; only the masks come from SAM
+    # the page's model, text cache and options; only the masks come from SAM (a new predictor around them, not
+    # a copy: the page may wrap the given predictor's methods, e.g. to queue or count requests)
     automatic = Predictor(predictor.model, predictor.preset, predictor.device, predictor.options,
                           mask_generator=sam.generator, text_classifier=predictor.text_classifier)
     overlay, rows, label_path, json_path, status = segment_request(automatic, image, vocabulary_text, "panoptic",

@@ -42,6 +42,7 @@ from .. import __version__
 from ..fileio import atomic_path
 from ..vocabulary import Vocabulary
 from .inputs import ImageItem
+from .writers import categories_json
 
 __all__ = ["FORMATS", "MANIFEST", "RESERVED_KEYS", "PANOPTIC_JSON", "INSTANCES_JSON", "OutputLayout", "BatchReport",
            "run_config", "config_hash", "start_manifest", "read_record", "write_shard", "shard_records", "remove_shards",
@@ -146,9 +147,8 @@ def panoptic_png(panoptic: Any) -> "PIL.Image.Image":  # noqa: F821
 
 def categories(vocabulary: Vocabulary, is_thing: Sequence[bool]) -> list[dict]:
     """COCO categories of a vocabulary: id = class index, name, synonyms, isthing (1 / 0)."""
-    return [{"id": i, "name": syns[0], "synonyms": list(syns), "isthing": int(bool(thing)),
-             "supercategory": "thing" if thing else "stuff"}
-            for i, (syns, thing) in enumerate(zip(vocabulary.classes, is_thing))]
+    return [{**category, "isthing": int(bool(thing)), "supercategory": "thing" if thing else "stuff"}
+            for category, thing in zip(categories_json(vocabulary), is_thing)]
 
 
 def _dumps(obj: Any) -> str:

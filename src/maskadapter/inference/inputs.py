@@ -263,13 +263,7 @@ def _avoid_reserved(keys: list[str], reserved: Sequence[str]) -> list[str]:
     out = []
     for key in keys:
         head, sep, rest = key.partition("/")
-        if head.casefold() in names:
-            n = 2
-            while f"{head}_{n}{sep}{rest}".casefold() in taken:
-                n += 1
-            key = f"{head}_{n}{sep}{rest}"
-            taken.add(key.casefold())
-        out.append(key)
+        out.append(_numbered(head, sep + rest, taken) if head.casefold() in names else key)
     return out
 
 
@@ -281,11 +275,17 @@ def _number_repeats(keys: Iterable[str]) -> list[str]:
     out = []
     for key in keys:
         if key.casefold() in seen:
-            n = 2
-            while f"{key}_{n}".casefold() in taken:
-                n += 1
-            key = f"{key}_{n}"
-            taken.add(key.casefold())
+            key = _numbered(key, "", taken)
         seen.add(key.casefold())
         out.append(key)
     return out
+
+
+def _numbered(head: str, tail: str, taken: set[str]) -> str:
+    """``head_N + tail`` with the smallest N >= 2 not in ``taken`` (case-insensitive); the result is added to it."""
+    n = 2
+    while f"{head}_{n}{tail}".casefold() in taken:
+        n += 1
+    key = f"{head}_{n}{tail}"
+    taken.add(key.casefold())
+    return key

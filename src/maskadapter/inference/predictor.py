@@ -214,6 +214,15 @@ class Predictor:
         other.timings = {}
         return other
 
+    def with_sam(self, mask_generator: Optional[MaskProposer] = None,
+                 prompt_model: Optional[PromptPredictor] = None) -> "Predictor":
+        """A predictor sharing this one's model, text cache and options whose masks come from ``mask_generator``
+        (e.g. SAM automatic masks) and whose prompts go to ``prompt_model``; this predictor is not changed."""
+        other = self.with_options()
+        other.mask_generator = mask_generator
+        other.prompt_model = prompt_model
+        return other
+
     # ------------------------------------------------------------------ properties
     @property
     def precision(self) -> str:

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..vocabulary import Vocabulary
 from .predictor import SegmentationResult
 from .visualize import overlay_segments
 
 __all__ = ["label_map_image", "overlay_image", "result_to_json", "display_segments", "encode_label_map",
-           "decode_label_map", "no_class_value"]
+           "decode_label_map", "no_class_value", "categories_json"]
 
 
 def no_class_value(num_classes: int) -> int:
@@ -92,13 +93,17 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
+def categories_json(vocabulary: Vocabulary) -> list[dict[str, Any]]:
+    """The vocabulary as JSON categories: ``id`` (the class index of the label maps), ``name``, ``synonyms``."""
+    return [{"id": i, "name": syns[0], "synonyms": list(syns)} for i, syns in enumerate(vocabulary.classes)]
+
+
 def result_to_json(result: SegmentationResult, file_name: str, task: str) -> dict[str, Any]:
     """A JSON-ready dict: vocabulary, COCO-panoptic-style ``segments_info``, instances with RLE masks."""
     H, W = result.image_size
     out: dict[str, Any] = {
         "file_name": file_name, "height": H, "width": W, "task": task,
-        "categories": [{"id": i, "name": syns[0], "synonyms": list(syns)}
-                       for i, syns in enumerate(result.vocabulary.classes)],
+        "categories": categories_json(result.vocabulary),
     }
     if result.semantic is not None:
         sem = result.semantic.cpu().numpy()
