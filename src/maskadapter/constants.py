@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["PIXEL_MEAN", "PIXEL_STD", "IMAGE_SUFFIXES", "TASKS", "DATASET_NAMES", "PRECISIONS",
+__all__ = ["PIXEL_MEAN", "PIXEL_STD", "IMAGE_SUFFIXES", "TASKS", "PRECISIONS",
            "CACHE_ENV", "user_cache_dir"]
 
 #: CLIP's RGB normalisation on the 0-255 scale (open_clip's OPENAI_DATASET_MEAN / STD times 255), the
@@ -21,10 +21,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 #: Outputs a prediction can have.
 TASKS = ("semantic", "panoptic", "instance")
-
-#: Benchmarks ``maskadapter eval`` and ``prepare`` know (``maskadapter.data.datasets.DATASETS`` holds their layout).
-DATASET_NAMES = ("ade20k-150", "ade20k-847", "pascal-context-59", "pascal-context-459", "pascal-voc-20",
-                 "pascal-voc-21", "coco-panoptic", "coco-stuff")
 
 #: Numeric precisions of inference and training. ``auto`` means bf16 where it is native and measurably faster
 #: than fp32, fp32 elsewhere; ``fp16`` (CUDA only) is the official training AMP.

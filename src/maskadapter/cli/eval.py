@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..constants import DATASET_NAMES, TASKS, user_cache_dir
+from ..constants import TASKS, user_cache_dir
+from ..data.table import DATASET_NAMES
 from .common import add_model_arguments, build_predictor, check_output_folder
 
 __all__ = ["register", "run_eval"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..constants import DATASET_NAMES
+from ..data.table import DATASET_NAMES
 
 __all__ = ["register", "run_prepare"]
 

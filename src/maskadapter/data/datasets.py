@@ -47,6 +47,7 @@ from pycocotools import mask as mask_util
 from ..constants import IMAGE_SUFFIXES, TASKS
 from ..images import to_rgb_tensor
 from ..vocabulary import Vocabulary
+from .table import DATASETS, DatasetSpec
 from .vocabularies import _read_lines, builtin_vocabulary
 
 __all__ = [
@@ -63,75 +64,6 @@ _MAX_LISTED = 20
 
 class DatasetError(ValueError):
     """A dataset folder does not match its layout (missing files, unpaired images or labels)."""
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Where a prepared benchmark lives under the data root and what it supports."""
-
-    name: str  #: e.g. ``ade20k-150``
-    vocabulary: str  #: built-in vocabulary name (``maskadapter.data.vocabularies.BUILTIN_VOCABULARIES``)
-    short_name: str  #: column name in the paper's tables, e.g. ``A-150``
-    ignore_label: int
-    image_dir: str  #: relative to the data root
-    label_dir: Optional[str]  #: semantic label maps, relative to the data root
-    label_suffix: str = ".png"
-    image_suffix: str = ".jpg"
-    evaluations: tuple[str, ...] = ("semantic",)  #: what a fully prepared copy supports
-    prepare: str = ""  #: the ``maskadapter prepare`` command that makes it
-    raw_hint: str = ""  #: what ``--raw`` points to
-    panoptic_dir: Optional[str] = None
-    panoptic_json: Optional[str] = None
-    instance_json: Optional[str] = None
-    #: panoptic/instance JSON category id + offset = id in the vocabulary file (ADE json ids start at 0)
-    json_category_offset: int = 0
-    #: the panoptic JSON defines the images (COCO); otherwise the semantic label folder does
-    panoptic_defines_images: bool = False
-    #: panoptic thing classes are those whose vocabulary-file id is below this (COCO: ids < 92); None: the
-    #: panoptic JSON's ``isthing`` decides (ADE-150)
-    thing_id_below: Optional[int] = None
-    #: images without a label map are expected and skipped (COCO-Stuff: the official converter writes no map
-    #: for an image that is all "unlabeled", and detectron2 keeps only images with a map)
-    labels_define_images: bool = False
-
-    def prepare_command(self, root: Union[str, os.PathLike, None] = None) -> str:
-        """The ``maskadapter prepare`` command line that makes this dataset under ``root``."""
-        return self.prepare.format(root=root if root is not None else "ROOT")
-
-
-def _spec(name: str, vocab: str, short: str, ignore: int, image_dir: str, label_dir: Optional[str],
-          raw_hint: str, prepare_args: str = "", **kw: Any) -> DatasetSpec:
-    return DatasetSpec(name=name, vocabulary=vocab, short_name=short, ignore_label=ignore, image_dir=image_dir,
-                       label_dir=label_dir, raw_hint=raw_hint,
-                       prepare=f"maskadapter prepare {name} --raw {raw_hint} --out {{root}}{prepare_args}", **kw)
-
-
-DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
-    _spec("ade20k-150", "ade20k_150", "A-150", 255, "ADEChallengeData2016/images/validation",
-          "ADEChallengeData2016/annotations_detectron2/validation", "RAW/ADEChallengeData2016",
-          prepare_args=" [--mapping ade20k_instance_catid_mapping.txt (panoptic, instances)]",
-          evaluations=EVALUATIONS, panoptic_dir="ADEChallengeData2016/ade20k_panoptic_val",
-          panoptic_json="ADEChallengeData2016/ade20k_panoptic_val.json",
-          instance_json="ADEChallengeData2016/ade20k_instance_val.json", json_category_offset=1),
-    _spec("ade20k-847", "ade20k_847", "A-847", 65535, "ADE20K_2021_17_01/images_detectron2/validation",
-          "ADE20K_2021_17_01/annotations_detectron2/validation", "RAW/ADE20K_2021_17_01", label_suffix=".tif",
-          prepare_args=" --mapping prepare_ade20k_full_sem_seg.py"),
-    _spec("pascal-context-59", "pascal_ctx_59", "PC-59", 255, "pascal_ctx_d2/images/validation",
-          "pascal_ctx_d2/annotations_ctx59/validation", "RAW/VOCdevkit/VOC2010"),
-    _spec("pascal-context-459", "pascal_ctx_459", "PC-459", 65535, "pascal_ctx_d2/images/validation",
-          "pascal_ctx_d2/annotations_ctx459/validation", "RAW/VOCdevkit/VOC2010", label_suffix=".tif"),
-    _spec("pascal-voc-20", "pascal_voc_20", "PAS-20", 255, "pascal_voc_d2/images/validation",
-          "pascal_voc_d2/annotations_pascal20/validation", "RAW/VOCdevkit/VOC2012"),
-    _spec("pascal-voc-21", "pascal_voc_21", "PAS-21", 255, "pascal_voc_d2/images/validation",
-          "pascal_voc_d2/annotations_pascal21/validation", "RAW/VOCdevkit/VOC2012"),
-    _spec("coco-panoptic", "coco_panoptic", "COCO", 255, "coco/val2017", "coco/panoptic_semseg_val2017",
-          "RAW/coco", evaluations=EVALUATIONS, panoptic_dir="coco/panoptic_val2017",
-          panoptic_json="coco/annotations/panoptic_val2017.json",
-          instance_json="coco/annotations/instances_val2017.json", panoptic_defines_images=True,
-          thing_id_below=92),
-    _spec("coco-stuff", "coco_stuff", "COCO-Stuff", 255, "coco/val2017", "coco/stuffthingmaps_detectron2/val2017",
-          "RAW/coco", labels_define_images=True),
-)}
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:

@@ -65,8 +65,8 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from ..constants import DATASET_NAMES
-from .datasets import DATASETS, id_to_rgb, read_array, rgb_to_id, vocabulary_ids
+from .datasets import id_to_rgb, read_array, rgb_to_id, vocabulary_ids
+from .table import DATASETS
 from .vocabularies import builtin_vocabulary
 
 __all__ = [
@@ -78,7 +78,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PREPARE_TARGETS = DATASET_NAMES
+PREPARE_TARGETS = tuple(name for name, spec in DATASETS.items() if spec.converter)
 PathLike = Union[str, os.PathLike]
 
 # The 59 PASCAL-Context classes as ids of the 459-class label maps (1-based, ascending; both class lists are
@@ -519,18 +519,6 @@ def _prepare_coco_panoptic(raw: Path, out: Path, **_: object) -> dict[str, int]:
     return {"images": len(anns), "semantic": len(anns), "panoptic": len(anns)}
 
 
-_CONVERTERS: dict[str, Callable[..., dict[str, int]]] = {
-    "ade20k-150": _prepare_ade20k_150,
-    "ade20k-847": _prepare_ade20k_847,
-    "pascal-context-59": lambda raw, out, **kw: _prepare_pascal_context(raw, out, full=False, **kw),
-    "pascal-context-459": lambda raw, out, **kw: _prepare_pascal_context(raw, out, full=True, **kw),
-    "pascal-voc-20": _prepare_pascal_voc,
-    "pascal-voc-21": _prepare_pascal_voc,
-    "coco-stuff": _prepare_coco_stuff,
-    "coco-panoptic": _prepare_coco_panoptic,
-}
-
-
 def prepare_dataset(name: str, raw: PathLike, out: PathLike, mapping: Optional[PathLike] = None,
                     split_file: Optional[PathLike] = None) -> dict[str, int]:
     """Convert the official download ``raw`` of dataset ``name`` into ``out`` (the data root); returns counts.
@@ -538,11 +526,13 @@ def prepare_dataset(name: str, raw: PathLike, out: PathLike, mapping: Optional[P
     ``mapping``: the official id table some conversions need (ADE20K-847, ADE20K panoptic; see module doc).
     ``split_file``: a list of image ids replacing the default validation list (Pascal VOC / Context).
     """
-    if name not in _CONVERTERS:
+    if name not in DATASETS or not DATASETS[name].converter:
         raise ValueError(f"unknown dataset {name!r} to prepare; choose one of {', '.join(PREPARE_TARGETS)}")
     raw, out = Path(raw).expanduser(), Path(out).expanduser()
     if not raw.exists():
         raise FileNotFoundError(f"raw download folder not found: {raw} (expected {DATASETS[name].raw_hint})")
-    counts = _CONVERTERS[name](raw, out, mapping=mapping, split_file=split_file)
+    spec = DATASETS[name]
+    convert: Callable[..., dict[str, int]] = globals()[f"_prepare_{spec.converter}"]
+    counts = convert(raw, out, mapping=mapping, split_file=split_file, **spec.converter_args)
     logger.info("prepared %s under %s: %s", name, out, counts)
     return counts

@@ -8,13 +8,10 @@ from importlib import resources
 import torch
 
 from ..vocabulary import Vocabulary
+from .table import BUILTIN_VOCABULARIES, VOCABULARY_FILES
 
 __all__ = ["BUILTIN_VOCABULARIES", "builtin_vocabulary", "coco_thing_mask"]
 
-BUILTIN_VOCABULARIES = ("coco_panoptic", "coco_stuff", "ade20k_150", "ade20k_847", "pascal_ctx_59",
-                        "pascal_ctx_459", "pascal_voc_20", "pascal_voc_21")
-# Pascal VOC-20 is VOC-21 without its background line (id 0).
-_FILES = {"pascal_voc_20": "pascal_voc_21"}
 # COCO panoptic category ids 1-90 are "things" (80 used ids), 92-200 are "stuff".
 _COCO_THING_MAX_ID = 91
 
@@ -22,13 +19,13 @@ _COCO_THING_MAX_ID = 91
 def _read_lines(name: str) -> list[str]:
     if name not in BUILTIN_VOCABULARIES:
         raise ValueError(f"unknown built-in vocabulary {name!r}; choose one of {', '.join(BUILTIN_VOCABULARIES)}")
-    file = _FILES.get(name, name)
+    file = VOCABULARY_FILES[name][0]
     return resources.files(__package__).joinpath("classes", f"{file}.txt").read_text(encoding="utf-8").splitlines()
 
 
 def builtin_vocabulary(name: str) -> Vocabulary:
     """The class list of a benchmark (one of ``BUILTIN_VOCABULARIES``) with its synonyms."""
-    return Vocabulary.from_lines(_read_lines(name), keep_id0=name == "pascal_voc_21")
+    return Vocabulary.from_lines(_read_lines(name), keep_id0=VOCABULARY_FILES[name][1])
 
 
 def coco_thing_mask(vocabulary: Vocabulary) -> torch.Tensor:
