@@ -222,3 +222,91 @@ def test_segment_ids_of_any_integer_type_and_size(dtype, offset):
     out = np.asarray(overlay_segments(photo, ids, segs, NAMES, legend=False))
     assert np.array_equal(out[:12], photo[:12])
     assert len({tuple(out[y, x]) for y, x in [(20, 5), (20, 155), (115, 5), (115, 155)]}) == 4
+
+
+# ---------------------------------------------------------------------------------------------- bounded work, legend
+def test_a_huge_class_name_costs_a_bounded_number_of_text_measures(monkeypatch):
+    # a 100 KB class name took over 14 minutes (one measure per cut point, each of the whole prefix)
+    import maskadapter.inference.visualize as vis
+
+    measured = {"calls": 0, "chars": 0}
+    width = vis._text_width
+
+    def counting(font, text):
+        measured["calls"] += 1
+        measured["chars"] += len(text)
+        if measured["calls"] > 2000:
+            raise AssertionError("text fitting measures the text once per character")
+        return width(font, text)
+
+    monkeypatch.setattr(vis, "_text_width", counting)
+    H, W = 240, 320
+    ids, segs = _grid(H, W, 2, 2)
+    names = ["x" * 100_000, "person " * 15_000, "sky", "a" + "\u0301" * 50_000]  # long, spaced, zero-width marks
+    _, layout = render_overlay(_photo(H, W), ids, segs, names)
+    assert measured["calls"] < 400 and measured["chars"] < 200 * W  # independent of the names' length
+    texts = [lab.text for lab in layout.labels] + layout.legend_rows
+    assert any(t.startswith("xxx") and t.endswith("…") for t in texts)
+    assert all(len(t) <= W for t in texts)
+
+
+@pytest.mark.parametrize("text, width", [("short", 1000), ("a fairly long class name", 60), ("wall", 3), ("", 50)])
+def test_fitted_text_is_the_longest_prefix_that_fits(text, width):
+    from maskadapter.inference.visualize import _fit_text, _font, _text_width
+
+    font = _font(14)
+    fitted = _fit_text(font, text, width)
+    if _text_width(font, text) <= width:
+        assert fitted == text
+        return
+    if fitted is None:  # not even one letter and the ellipsis
+        assert _text_width(font, text[:1] + "…") > width
+        return
+    assert fitted.endswith("…") and _text_width(font, fitted) <= width
+    n = len(fitted) - 1
+    assert _text_width(font, text[:n + 1].rstrip() + "…") > width  # one more letter would not fit
+
+
+def test_legend_counts_instances_hidden_under_others():
+    # 12 "person" instances, 10 of them entirely under the two highest-scoring ones: the legend says 12
+    H, W = 240, 320
+    masks = torch.zeros(13, H, W, dtype=torch.bool)
+    masks[0, 20:200, 20:150] = True
+    masks[1, 20:200, 170:300] = True
+    for k in range(2, 12):
+        masks[k, 40 + k:120 + k, 30 + k:100 + k] = True  # inside instance 0
+    masks[12, 210:235, 10:60] = True  # a dog
+    scores = torch.tensor([0.95, 0.9] + [0.5 - 0.01 * k for k in range(10)] + [0.8])
+    classes = torch.tensor([0] * 12 + [1])
+    result = _result(H, W, semantic=torch.full((H, W), -1),
+                     instances=Instances.from_masks(masks, scores, classes))
+    ids, segs = display_segments(result, "instance")
+    assert len(segs) == 13
+    _, layout = render_overlay(_photo(H, W), ids, segs, ["person", "dog", "sky"])
+    assert layout.legend_rows[0].startswith("person (12)")
+    assert layout.legend_rows[1].startswith("dog") and len(layout.legend_rows) == 2
+    assert set(layout.colors) == {1, 2, 13}  # the hidden ones are not drawn
+
+
+def test_legend_swatches_are_outlined_on_any_background():
+    # a dark-blue class on a dark-blue sky: the swatch needs a light outline to be seen
+    from maskadapter.inference.visualize import SWATCH_OUTLINE, _font, _pad, _text_height
+
+    H, W = 300, 400
+    ids, segs = _grid(H, W, 2, 2)
+    photo = np.zeros((H, W, 3), np.uint8)
+    photo[..., 2] = 90
+    names = ["sky", "night", "sea", "road"]
+    for corners in (["top-left"], ["bottom-right"]):
+        image, layout = render_overlay(photo, ids, segs, names, legend_corners=corners)
+        pixels = np.asarray(image)
+        x0, y0 = layout.legend_box[:2]
+        pad, side = _pad(layout.legend_font_size), _text_height(_font(layout.legend_font_size))
+        for i in range(len(layout.legend_colors)):
+            y = y0 + pad + i * (side + pad)
+            border = pixels[y, x0 + pad:x0 + pad + side]  # the swatch's top edge
+            assert (border == SWATCH_OUTLINE).all(), (i, border[:3])
+        right = corners == ["bottom-right"]
+        assert (layout.legend_box[2] > W // 2) == right and (layout.legend_box[3] > H // 2) == right
+    with pytest.raises(ValueError, match="legend_corners"):
+        render_overlay(photo, ids, segs, names, legend_corners=["middle"])

@@ -18,11 +18,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["palette", "segment_colors", "font_size_for", "overlay_segments", "render_overlay", "OverlayLayout",
-           "PlacedLabel", "EMPTY_MESSAGE"]
+           "PlacedLabel", "EMPTY_MESSAGE", "CORNERS"]
 
 Box = tuple[int, int, int, int]  #: x0, y0, x1, y1 in pixels, half-open: [x0, x1) x [y0, y1)
 RGB = tuple[int, int, int]
 EMPTY_MESSAGE = "no segments found"
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")  #: where a legend may go, preferred first
+SWATCH_OUTLINE = (235, 235, 235)  #: outline of the legend's colour swatches
 MIN_FONT, MAX_FONT = 11, 80
 _GAP = 2  # pixels kept free between two text boxes (at least)
 _DT_SIDE = 320  # long side of the map on which label positions are searched
@@ -148,13 +150,24 @@ def _text_height(font: Any) -> int:
 
 
 def _fit_text(font: Any, text: str, max_width: int) -> Optional[str]:
-    """``text``, cut with an ellipsis to at most ``max_width`` pixels; None when not even one letter fits."""
-    if _text_width(font, text) <= max_width:
+    """``text``, cut with an ellipsis to at most ``max_width`` pixels; None when not even one letter fits.
+
+    Bounded work for any text: a glyph is at least a pixel wide, so only the first ``max_width`` characters can
+    show (zero-width marks beyond them are cut too), and the cut point is found by bisection: O(log) measures
+    of at most ``max_width + 1`` characters each, whatever the text's length.
+    """
+    head = text[:max(0, max_width) + 1]
+    if head == text and _text_width(font, text) <= max_width:
         return text
-    for n in range(len(text) - 1, 0, -1):
-        if _text_width(font, text[:n].rstrip() + "…") <= max_width:
-            return text[:n].rstrip() + "…"
-    return None
+    lo, hi = 0, len(head) - 1  # the longest prefix that fits with its ellipsis: lo fits (0 = nothing), hi + 1 not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _text_width(font, head[:mid].rstrip() + "…") <= max_width:
+            lo = mid
+        else:
+            hi = mid - 1
+    cut = head[:lo].rstrip()
+    return cut + "…" if cut else None
 
 
 # ---------------------------------------------------------------------------------------------------- geometry
@@ -245,8 +258,9 @@ def _covered(small: np.ndarray, k: int, scale: int, box: Box) -> float:
 
 
 def _place_legend(segs: list[_Segment], base: np.ndarray, small: np.ndarray, scale: int,
-                  layout: OverlayLayout) -> None:
-    """Rows of classes by area (the last one "+N more" when cut), in the corner that hides least of the segments."""
+                  layout: OverlayLayout, corners: Sequence[str] = CORNERS) -> None:
+    """Rows of classes by area (the last one "+N more" when cut), in the corner of ``corners`` that hides least of
+    the segments. ``segs`` includes segments hidden under others (area 0): a row counts every segment of its class."""
     H, W = layout.size
     size = max(MIN_FONT, round(layout.font_size * 0.85))
     font, pad = _font(size), _pad(size)
@@ -274,7 +288,7 @@ def _place_legend(segs: list[_Segment], base: np.ndarray, small: np.ndarray, sca
         return
     layout.legend_rows, layout.legend_hidden, layout.legend_font_size = rows, hidden, size
     layout.legend_colors = [tuple(int(v) for v in base[g[0].category % len(base)]) for g in shown]
-    layout.legend_box = _quiet_corner((w, row_h * len(rows) + pad), (W, H), small, scale, pad)
+    layout.legend_box = _quiet_corner((w, row_h * len(rows) + pad), (W, H), small, scale, pad, corners)
 
 
 def _legend_text(font: Any, group: list[_Segment], total: int, max_width: int, share: bool) -> Optional[str]:
@@ -288,17 +302,20 @@ def _legend_text(font: Any, group: list[_Segment], total: int, max_width: int, s
     return name + suffix
 
 
-def _quiet_corner(size: tuple[int, int], image: tuple[int, int], small: np.ndarray, scale: int, margin: int) -> Box:
-    """The corner box of ``size`` hiding the least of the segments, as a sum of hidden shares (top-left on ties)."""
+def _quiet_corner(size: tuple[int, int], image: tuple[int, int], small: np.ndarray, scale: int, margin: int,
+                  corners: Sequence[str] = CORNERS) -> Box:
+    """The box of ``size`` in one of ``corners`` hiding the least of the segments, as a sum of hidden shares (the
+    first corner on ties)."""
     (w, h), (W, H) = size, image
-    xs = [min(margin, W - w), max(0, W - w - margin)]
-    ys = [min(margin, H - h), max(0, H - h - margin)]
+    x = {"left": min(margin, W - w), "right": max(0, W - w - margin)}
+    y = {"top": min(margin, H - h), "bottom": max(0, H - h - margin)}
+    boxes = [(x[c.split("-")[1]], y[c.split("-")[0]]) for c in corners]
     whole = np.maximum(np.bincount(small.ravel()), 1)
 
     def hidden(box: Box) -> float:
         part = small[box[1] // scale:-(-box[3] // scale), box[0] // scale:-(-box[2] // scale)]
         return float((np.bincount(part.ravel(), minlength=len(whole))[1:] / whole[1:]).sum())
-    return min(((x, y, x + w, y + h) for y in ys for x in xs), key=hidden)
+    return min(((x0, y0, x0 + w, y0 + h) for x0, y0 in boxes), key=hidden)
 
 
 def _place_message(layout: OverlayLayout, text: str) -> None:
@@ -385,7 +402,9 @@ def _draw(pixels: np.ndarray, layout: OverlayLayout) -> Image.Image:
         for i, row in enumerate(layout.legend_rows):
             y = y0 + pad + i * (side + pad)
             if i < len(layout.legend_colors):
-                draw.rectangle((x0 + pad, y, x0 + pad + side - 1, y + side - 1), fill=layout.legend_colors[i])
+                # a light outline: a swatch of a dark class colour stays visible on the dimmed legend box
+                draw.rectangle((x0 + pad, y, x0 + pad + side - 1, y + side - 1), fill=layout.legend_colors[i],
+                               outline=SWATCH_OUTLINE, width=max(1, side // 12))
             _write(draw, (x0 + side + pad, y - pad), row, layout.legend_font_size,
                    fill=(255, 255, 255) if i < len(layout.legend_colors) else (200, 200, 200))
     if layout.message_box is not None:
@@ -407,16 +426,20 @@ def render_overlay(
     class_names: Sequence[str],
     alpha: float = 0.55,
     legend: bool = True,
+    legend_corners: Sequence[str] = CORNERS,
 ) -> tuple[Image.Image, OverlayLayout]:
     """:func:`overlay_segments` of ``image`` [H, W, 3] and ``segment_map`` [H, W], and the layout it drew."""
     _check_inputs(image, segment_map, segments, class_names, alpha)
+    if not legend_corners or any(c not in CORNERS for c in legend_corners):
+        raise ValueError(f"legend_corners must name some of {', '.join(CORNERS)}, got {list(legend_corners)}")
     H, W = segment_map.shape
     index = _index_map(segment_map, [int(s["id"]) for s in segments])
     areas = np.bincount(index.ravel(), minlength=len(segments) + 1)[1:]
     categories = [int(s["category_id"]) for s in segments]
     colors = segment_colors(categories, len(class_names))
-    segs = [_Segment(k + 1, int(s["id"]), categories[k], str(class_names[categories[k]]), int(areas[k]),
-                     float(s.get("score", 1.0))) for k, s in enumerate(segments) if areas[k] > 0]
+    every = [_Segment(k + 1, int(s["id"]), categories[k], str(class_names[categories[k]]), int(areas[k]),
+                      float(s.get("score", 1.0))) for k, s in enumerate(segments)]
+    segs = [s for s in every if s.area > 0]  # drawn; the legend also counts those hidden under others
     layout = OverlayLayout((H, W), font_size_for(H, W))
     layout.colors = {s.id: tuple(int(v) for v in colors[s.index - 1]) for s in segs}
     if not segs:
@@ -428,7 +451,7 @@ def render_overlay(
             if s.area >= _MIN_LABEL_AREA * H * W:
                 s.anchors = _anchor_points(small, s.index, scale)
         if legend:
-            _place_legend(segs, palette(max(len(class_names), 1)), small, scale, layout)
+            _place_legend(every, palette(max(len(class_names), 1)), small, scale, layout, legend_corners)
         _place_labels(segs, small, scale, layout)
     return _draw(_paint(image, index, colors, alpha), layout), layout
 
@@ -440,6 +463,7 @@ def overlay_segments(
     class_names: Sequence[str],
     alpha: float = 0.55,
     legend: bool = True,
+    legend_corners: Sequence[str] = CORNERS,
 ) -> Image.Image:
     """Blend ``segments`` of ``segment_map`` [H, W] (ids; 0 = nothing) over ``image`` [H, W, 3] uint8.
 
@@ -447,8 +471,11 @@ def overlay_segments(
     (ranks labels when room is short). The output has exactly the image's size: segments in their class
     colour (distinct shades when a class has several), outlined, labelled where a label fits, a legend of
     classes by area where the image is large enough, and "no segments found" when nothing is drawn.
+    Segments hidden entirely under others are not drawn but counted in their class's legend row.
+    ``legend_corners``: the corners (of :data:`CORNERS`) the legend may take, e.g. to keep it clear of a
+    viewer's buttons; it takes the one hiding the least of the segments.
     """
-    return render_overlay(image, segment_map, segments, class_names, alpha, legend)[0]
+    return render_overlay(image, segment_map, segments, class_names, alpha, legend, legend_corners)[0]
 
 
 def _check_inputs(image: Any, segment_map: Any, segments: Sequence[dict], class_names: Sequence[str],

@@ -51,8 +51,8 @@ def display_segments(result: SegmentationResult, task: str) -> tuple[np.ndarray,
     """A segment-id map int32 [H, W] (0 = none) and the dicts (``id``, ``category_id``, ``score``) to draw for ``task``.
 
     Instances: one segment each (a class's instances get distinct shades), the highest score on top where
-    masks overlap; instances hidden entirely by higher-scoring ones are left out. A missing output is an error,
-    never a silent fallback to another task.
+    masks overlap; instances hidden entirely by higher-scoring ones stay listed (the legend counts them). A
+    missing output is an error, never a silent fallback to another task.
     """
     if task not in ("semantic", "panoptic", "instance"):
         raise ValueError(f"task must be 'semantic', 'panoptic' or 'instance', got {task!r}")
@@ -67,15 +67,15 @@ def display_segments(result: SegmentationResult, task: str) -> tuple[np.ndarray,
         masks, scores = inst["masks"], inst["scores"].float()
         for i in torch.argsort(scores, stable=True).tolist():  # highest score painted last, on top
             ids[masks[i].cpu().numpy()] = i + 1
-        visible = np.bincount(ids.ravel(), minlength=len(scores) + 1)
         return ids, [{"id": i + 1, "category_id": int(c), "score": float(scores[i])}
-                     for i, c in enumerate(inst["classes"].tolist()) if visible[i + 1]]
+                     for i, c in enumerate(inst["classes"].tolist())]
     sem = result.semantic.cpu().numpy()
     present = [int(c) for c in np.unique(sem) if c >= 0]
     return np.where(sem < 0, 0, sem + 1).astype(np.int32), [{"id": c + 1, "category_id": c} for c in present]
 
 
-def overlay_image(image: np.ndarray, result: SegmentationResult, task: str = "semantic") -> Image.Image:
+def overlay_image(image: np.ndarray, result: SegmentationResult, task: str = "semantic",
+                  **overlay_options: Any) -> Image.Image:
     """The segments of ``task`` over ``image`` [H, W, 3] uint8 at the result's size (the image resized if needed).
 
     Segments are labelled, classes listed in a legend, and an empty result reads "no segments found".
@@ -83,7 +83,7 @@ def overlay_image(image: np.ndarray, result: SegmentationResult, task: str = "se
     if image.shape[:2] != tuple(result.image_size):
         image = np.asarray(Image.fromarray(image).resize(result.image_size[::-1], Image.BILINEAR))
     ids, segments = display_segments(result, task)
-    return overlay_segments(image, ids, segments, result.class_names)
+    return overlay_segments(image, ids, segments, result.class_names, **overlay_options)
 
 
 def _bbox(mask: np.ndarray) -> list[int]:
