@@ -139,6 +139,19 @@ def test_files_without_tensors_or_not_from_torch(tmp_path):
         read_state_dict(path)
     with open(path, "wb") as f:
         pickle.dump({"model": {"a": 1}}, f, protocol=5)  # a bare pickle, not a torch checkpoint
-    with pytest.raises(CheckpointError, match="weights-only loader rejected it") as info:
+    with pytest.raises(CheckpointError, match="corrupt or not a plain tensor checkpoint") as info:
         read_state_dict(path)
     assert not isinstance(info.value, UnsafeCheckpointError)
+
+
+@pytest.mark.parametrize("content", [b"\x80\x02garbage garbage", b"\x80\x04\x95" + bytes(range(200))])
+def test_a_damaged_pickle_is_one_clean_message(tmp_path, content):
+    # torch's refusal asks the user to file an issue with torch and suggests weights_only=False: neither helps
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(path)
+    message = str(info.value)
+    assert str(path) in message and "corrupt" in message and "\n" not in message
+    for leak in ("file an issue", "WeightsUnpickler", "weights_only", "Weights only load failed"):
+        assert leak not in message, message

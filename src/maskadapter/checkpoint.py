@@ -210,9 +210,17 @@ def _refusal(path: Path, kind: str, message: str) -> CheckpointError:
             f"refused to load {path}: its pickle references code ({code_ref}), not only tensors. maskadapter "
             "loads weights only and never runs code from a checkpoint; if you trust the file, re-save its "
             "state dict with plain tensors or as safetensors.")
-    detail = next((line.strip() for line in message.splitlines() if "Unpickler error" in line), "")
-    return CheckpointError(f"could not read {path}: the weights-only loader rejected it, so it is not a plain "
-                           f"tensor checkpoint ({detail or 'UnpicklingError'})")
+    return CheckpointError(f"could not read {path}: the file is corrupt or not a plain tensor checkpoint (the "
+                           f"weights-only loader stopped at: {_unpickler_reason(message)})")
+
+
+def _unpickler_reason(message: str) -> str:
+    """The reason in torch's weights-only refusal, without its advice to file an issue or to load unsafely."""
+    _, found, rest = message.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if found else message).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Check the documentation", "Please file an issue",
+                                                            "Weights only load failed", "In PyTorch"))]
+    return lines[0][:200] if lines else "an unreadable pickle"
 
 
 def _pickled_code(path: Path) -> Optional[str]:
