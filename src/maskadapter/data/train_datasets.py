@@ -33,11 +33,12 @@ from tqdm import tqdm
 
 from ..images import to_rgb_tensor
 from ..vocabulary import Vocabulary
+from .samples import DatasetError, Sample, SegmentationDataset
 from .transforms import label_map_to_masks
 from .vocabularies import _read_lines, builtin_vocabulary
 
-__all__ = ["sample_generator", "CocoPanopticTrain", "CocoStuffTrain", "sample_gt_masks", "collate_masks",
-           "Transform"]
+__all__ = ["sample_generator", "CocoPanopticTrain", "CocoStuffTrain", "SegmentationTrain", "sample_gt_masks",
+           "collate_masks", "Transform", "gt_masks_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +258,78 @@ class CocoStuffTrain(_TrainDataset):
             logger.warning("COCO-Stuff: %d of %d images have no labelled pixel; they are returned with N=0 masks",
                            len(empty), len(self))
         return empty
+
+
+class SegmentationTrain(_TrainDataset):
+    """Training samples of any :class:`~maskadapter.data.samples.SegmentationDataset` (your own data:
+    ``coco:``, ``panoptic:``, ``labels:``): one mask per non-crowd instance or panoptic segment, or one per
+    class present in a label map (the ignore label left out), as the official mappers make them.
+
+    With a fixed-size transform (``LargeScaleJitter(size, scale=(1, 1))``) every image has two looks, plain and
+    flipped; :meth:`flip_of` says which one epoch ``e`` shows, and :meth:`look` makes either on request (the
+    feature cache stores both).
+    """
+
+    def __init__(self, dataset: SegmentationDataset, transform: Optional[Transform] = None, seed: int = 0) -> None:
+        super().__init__(transform, seed)
+        if not isinstance(dataset, SegmentationDataset):
+            raise TypeError(f"dataset must be a SegmentationDataset, got {type(dataset).__name__}")
+        if len(dataset) == 0:
+            raise DatasetError(f"dataset {dataset.name} is empty: no image to train on")
+        self.source = dataset
+        self.vocabulary = dataset.vocabulary
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` before augmentation: image, masks [N, H, W], labels [N], file name."""
+        sample = self.source.samples[self._check_index(index)]
+        image, masks, labels = gt_masks_of(sample, len(self.vocabulary))
+        return {"image": image, "masks": masks, "labels": labels, "file_name": str(sample.image_path)}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` of the current epoch (transformed)."""
+        return self._finish(self.raw(index), self._check_index(index))
+
+    def flip_of(self, index: int) -> bool:
+        """Whether the fixed-size transform flips sample ``index`` in the current epoch."""
+        transform = self.transform
+        if not getattr(transform, "fixed_size", False):
+            raise ValueError("flip_of needs a fixed-size transform (LargeScaleJitter with scale (1, 1))")
+        return transform.get_params(1, 1, self.generator(index)).flip  # the flip draw ignores the size
+
+    def look(self, index: int, flip: bool) -> dict[str, Any]:
+        """Sample ``index`` under the fixed-size transform with the given flip (what the cache stores)."""
+        sample = self.raw(index)
+        h, w = int(sample["image"].shape[1]), int(sample["image"].shape[2])
+        out = self.transform.apply(sample, self.transform.fixed_params(h, w, flip))
+        keep = out["masks"].flatten(1).any(dim=1)
+        return {**out, "masks": out["masks"][keep], "labels": out["labels"][keep]}
+
+
+def gt_masks_of(sample: Sample, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image uint8 [3, H, W], GT masks bool [N, H, W] and labels int64 [N] of one sample: panoptic segments,
+    else instances, else the classes of its label map; crowd regions and the ignore label left out."""
+    if sample.panoptic_path is not None:
+        ex = sample.load(("panoptic",))
+        segs = [s for s in ex.segments or [] if not s["iscrowd"]]
+        masks = torch.stack([ex.panoptic == s["id"] for s in segs]) if segs else \
+            torch.zeros((0, *ex.image.shape[1:]), dtype=torch.bool)
+        return ex.image, masks, torch.tensor([s["category_id"] for s in segs], dtype=torch.long)
+    if sample.instances is not None:
+        ex = sample.load(("instance",))
+        insts = [i for i in ex.instances or [] if not i["iscrowd"]]
+        masks = torch.stack([i["mask"] for i in insts]) if insts else \
+            torch.zeros((0, *ex.image.shape[1:]), dtype=torch.bool)
+        return ex.image, masks, torch.tensor([i["category_id"] for i in insts], dtype=torch.long)
+    ex = sample.load(("semantic",))
+    try:
+        masks, labels = label_map_to_masks(ex.semantic, num_classes, sample.ignore_label)
+    except ValueError as exc:  # a class id outside the class list: name the file
+        raise DatasetError(f"label map {sample.label_path}: category ids not in the class list of {num_classes} "
+                           f"classes: {exc}") from exc
+    return ex.image, masks, labels.long()
 
 
 def sample_gt_masks(masks: torch.Tensor, labels: torch.Tensor, n: int,

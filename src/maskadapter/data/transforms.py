@@ -159,7 +159,26 @@ class LargeScaleJitter:
         if sem_seg is not None and tuple(sem_seg.shape) != (H, W):
             raise ValueError(f"sample['sem_seg'] must have shape [{H}, {W}], got {list(sem_seg.shape)}")
 
-        p = self.get_params(H, W, generator)
+        return self.apply(sample, self.get_params(H, W, generator))
+
+    @property
+    def fixed_size(self) -> bool:
+        """True when the only random choice is the flip (scale range (1, 1)): a resize of the long side to
+        ``size`` and padding, so each image has at most two looks (what a feature cache can store)."""
+        return self.scale == (1.0, 1.0)
+
+    def fixed_params(self, h: int, w: int, flip: bool) -> LSJParams:
+        """The parameters of an h x w image under a :attr:`fixed_size` transform with the given flip."""
+        if not self.fixed_size:
+            raise ValueError(f"fixed_params needs scale (1, 1), this transform has {self.scale}")
+        new_h, new_w = resize_scale_shape(h, w, self.size, 1.0)
+        return LSJParams(flip=self.flip and flip, scale=1.0, resized=(new_h, new_w),
+                         offset=fixed_size_crop_offset(new_h, new_w, self.size, 0.0))
+
+    def apply(self, sample: dict[str, Any], p: LSJParams) -> dict[str, Any]:
+        """``sample`` transformed with the parameters ``p`` (see the class doc)."""
+        image, masks, labels, sem_seg = sample["image"], sample.get("masks"), sample.get("labels"), sample.get("sem_seg")
+        H, W = int(image.shape[1]), int(image.shape[2])
         out = dict(sample)
         out["image"] = self._apply_image(image, p)
         rows, cols = self._label_indices(H, W, p)

@@ -16,6 +16,7 @@ list are found when the PNG is read.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..vocabulary import Vocabulary
 from .samples import DatasetError, Sample, SegmentationDataset, listing, pair_files, read_json
 
 __all__ = ["DATA_KINDS", "DATA_SYNTAX", "is_user_data", "parse_data", "load_user_dataset", "parse_custom",
-           "load_custom_dataset", "load_coco_instances", "load_coco_panoptic"]
+           "load_custom_dataset", "load_coco_instances", "load_coco_panoptic", "split_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -228,3 +229,22 @@ def load_coco_panoptic(annotations: Union[str, os.PathLike], image_dir: Union[st
     return SegmentationDataset(path.stem, vocab, 255, samples, ("semantic", "panoptic", "instance"), things,
                                path.stem, extra={"format": "panoptic", "annotations": str(path),
                                                  "png_dir": str(png_dir)})
+
+
+def split_dataset(dataset: SegmentationDataset, fraction: float, seed: int = 0
+                  ) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """(training, held-out) parts of ``dataset``: ``round(fraction * N)`` images (at least one) held out, chosen by
+    a hash of ``seed`` and each image id, so the split does not depend on file order and survives added images."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the held-out fraction must lie strictly between 0 and 1, got {fraction}")
+    n = len(dataset)
+    held = max(1, round(fraction * n))
+    if held >= n:
+        raise DatasetError(f"dataset {dataset.name} has {n} images: too few to hold out {fraction:.0%} and keep "
+                           "images to train on")
+    def key(i: int) -> bytes:
+        return hashlib.blake2b(f"{seed}:{dataset.samples[i].image_id}".encode(), digest_size=8).digest()
+    order = sorted(range(n), key=key)
+    val = sorted(order[:held])
+    train = sorted(order[held:])
+    return dataset.subset(train), dataset.subset(val)

@@ -29,6 +29,8 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from ..data.user_data import DATA_SYNTAX, is_user_data
+
 __all__ = [
     "ModelSection", "DataSection", "TrainSection", "LossSection", "SolverSection", "EvalSection", "RunSection",
     "TrainConfig", "ResolvedTraining", "load_config", "apply_overrides", "config_from_dict", "config_to_dict",
@@ -36,7 +38,8 @@ __all__ = [
 ]
 
 Stage = Literal["warmup", "mixed"]
-DatasetName = Literal["coco_panoptic", "coco_stuff", "synthetic"]
+#: Built-in training sets; ``data.dataset`` also takes your own data (``coco:``, ``panoptic:``, ``labels:``).
+TRAIN_DATASETS = ("coco_panoptic", "coco_stuff", "synthetic")
 
 
 @dataclass
@@ -44,7 +47,9 @@ class ModelSection:
     """Which model to build, which weights to start from, what is trained."""
 
     preset: str = "fcclip-large"  #: preset name, or a preset JSON file (custom architecture)
-    weights: Optional[str] = None  #: official-layout checkpoint for CLIP / generator / CDT / void
+    #: official-layout checkpoint for CLIP / generator / CDT / void; ``released``: the preset's released file
+    #: (downloaded once); None: random weights (built from ``run.seed``)
+    weights: Optional[str] = None
     #: parts of ``weights`` to load (``backbone.clip_model``, ``sem_seg_head``, ``cdt``, ``void_embedding``,
     #: ``mask_adapter``); None: every part the model has that the file holds
     load_parts: Optional[list[str]] = None
@@ -63,11 +68,22 @@ class ModelSection:
 class DataSection:
     """Training data (and its augmentation)."""
 
-    dataset: DatasetName = "coco_panoptic"
-    root: Optional[str] = None  #: dataset root ($DETECTRON2_DATASETS layout); not used by ``synthetic``
+    #: ``coco_panoptic``, ``coco_stuff``, ``synthetic``, or your own data: ``coco:ANNOTATIONS.json,IMAGES_DIR``,
+    #: ``panoptic:PANOPTIC.json,IMAGES_DIR[,PNG_DIR]``, ``labels:IMAGES_DIR,LABELS_DIR,CLASS_FILE``
+    dataset: str = "coco_panoptic"
+    root: Optional[str] = None  #: dataset root ($DETECTRON2_DATASETS layout); not used by ``synthetic`` / own data
     image_size: int = 1024  #: LSJ crop size (768 in stage 1, 1024 in stage 2)
     min_scale: float = 0.1
     max_scale: float = 2.0
+    #: ``lsj``: the official large-scale jitter (random scale and crop, flip); ``resize``: the long side resized to
+    #: ``image_size`` and padded (own data only; with ``flip``, each image has two looks: what a feature cache stores)
+    augmentation: Literal["lsj", "resize"] = "lsj"
+    flip: bool = True  #: random horizontal flip
+    val_fraction: float = 0.0  #: own data: share of the images held out for ``eval.dataset: split``
+    #: compute the frozen CLIP features (and stage 2's predicted masks) once into a memory-mapped cache in
+    #: ``<output_dir>/feature_cache``; needs ``augmentation: resize``
+    cache_features: bool = False
+    cache_limit_gb: float = 32.0  #: refuse a feature cache estimated above this size
     num_workers: int = 4
     #: class embeddings: CLIP text of the dataset vocabulary, or the dataset's ``class_prototypes``
     #: (synthetic data, whose test CLIPs have random weights)
@@ -134,8 +150,9 @@ class EvalSection:
     """Periodic GT-mask evaluation and best-checkpoint selection."""
 
     period: int = 0  #: iterations between evaluations (0: only at the end, when a dataset is set)
-    #: ``none``, ``synthetic`` (held-out shapes) or a benchmark of ``maskadapter.data.datasets``
-    #: (``ade20k-150`` as the official stage-1 evaluation, ``coco-panoptic``, ...)
+    #: ``none``, ``synthetic`` (held-out shapes), ``split`` (the ``data.val_fraction`` held out of your data), a
+    #: benchmark of ``maskadapter.data.datasets`` (``ade20k-150`` as the official stage-1 evaluation, ...) or your
+    #: own data in the ``data.dataset`` spelling (``coco:val.json,images/``)
     dataset: str = "none"
     root: Optional[str] = None  #: default: data.root
     num_images: int = 0  #: 0 = all (synthetic: 0 = 64 images)
@@ -204,12 +221,35 @@ class TrainConfig:
             raise ValueError("config key 'train.num_gt_masks' must be positive (0 only with train.masks=predicted)")
         if t.stage == "mixed" and t.masks == "predicted" and t.num_pred_masks == 0:
             raise ValueError("config key 'train.num_pred_masks' must be positive with train.masks=predicted")
+        self._validate_data()
         if self.data.dataset != "synthetic" and self.data.text == "prototypes":
             raise ValueError("config key 'data.text' = prototypes needs data.dataset = synthetic")
         if not 0.0 < self.data.min_scale <= self.data.max_scale:
             raise ValueError(f"config keys 'data.min_scale' / 'data.max_scale' must satisfy 0 < min <= max, "
                              f"got {self.data.min_scale} / {self.data.max_scale}")
         return self
+
+    def _validate_data(self) -> None:
+        d = self.data
+        if d.dataset not in TRAIN_DATASETS and not is_user_data(d.dataset):
+            raise ValueError(f"config key 'data.dataset' must be one of {', '.join(TRAIN_DATASETS)} or your own data "
+                             f"({DATA_SYNTAX}), got {d.dataset!r}")
+        own = is_user_data(d.dataset)
+        if d.augmentation == "resize" and not own:
+            raise ValueError("config key 'data.augmentation' = resize is for your own data (data.dataset = "
+                             "coco:... / panoptic:... / labels:...); the built-in sets use the official lsj")
+        if not 0.0 <= d.val_fraction < 1.0 or (d.val_fraction and not own):
+            raise ValueError(f"config key 'data.val_fraction' must lie in [0, 1) and needs your own data, got "
+                             f"{d.val_fraction}")
+        if (self.eval.dataset == "split") != (d.val_fraction > 0):
+            raise ValueError("config keys 'eval.dataset' = split and 'data.val_fraction' > 0 go together")
+        if d.cache_features and d.augmentation != "resize":
+            raise ValueError(f"config key 'data.cache_features' needs data.augmentation = resize (a fixed-size "
+                             f"resize, the flip stored as a second entry); the augmentation '{d.augmentation}' "
+                             f"(random scale jitter and crop) makes new pixels every epoch, so there is nothing to "
+                             f"cache")
+        if d.cache_limit_gb <= 0:
+            raise ValueError(f"config key 'data.cache_limit_gb' must be positive, got {d.cache_limit_gb}")
 
     def resolved(self, generator: str) -> "ResolvedTraining":
         """The per-variant defaults (FC-CLIP vs MAFT+ official training) filled in for a preset whose generator is ``generator``."""
@@ -239,6 +279,7 @@ RESUME_NEUTRAL_KEYS = frozenset({
     "run.output_dir", "run.checkpoint_period", "run.keep_checkpoints", "run.log_period", "run.tensorboard",
     "run.progress", "run.text_cache_dir", "run.threads", "run.dist_timeout_min", "run.device",
     "data.num_workers", "data.root", "eval.root", "eval.period", "model.weights", "model.adapter_weights",
+    "data.cache_limit_gb",
 })
 
 

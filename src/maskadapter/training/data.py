@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..data.synthetic import SyntheticShapes
-from ..data.train_datasets import CocoPanopticTrain, CocoStuffTrain, collate_masks
+from ..data.samples import SegmentationDataset
+from ..data.train_datasets import CocoPanopticTrain, CocoStuffTrain, SegmentationTrain, collate_masks
 from ..data.transforms import LargeScaleJitter
+from ..data.user_data import is_user_data, load_user_dataset, split_dataset
 from .config import DataSection, TrainConfig
 
-__all__ = ["build_train_dataset", "IndexedDataset", "ResumableDistributedSampler", "build_loader", "describe_dataset",
+__all__ = ["build_train_dataset", "own_data_split", "IndexedDataset", "ResumableDistributedSampler", "build_loader", "describe_dataset",
            "target_generator", "collate_indexed", "steps_per_epoch"]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,10 @@ def build_train_dataset(config: TrainConfig) -> Dataset:
     if data.dataset == "synthetic":
         return SyntheticShapes(num_classes=data.synthetic_num_classes, size=data.synthetic_size,
                                num_images=data.synthetic_num_images, seed=seed)
+    if is_user_data(data.dataset):
+        train, _ = own_data_split(config)
+        scale = (1.0, 1.0) if data.augmentation == "resize" else (data.min_scale, data.max_scale)
+        return SegmentationTrain(train, LargeScaleJitter(data.image_size, scale=scale, flip=data.flip), seed=seed)
     if data.root is None:
         raise ValueError(f"config key 'data.root' must name the dataset root for data.dataset={data.dataset}")
 
@@ -50,6 +56,17 @@ def build_train_dataset(config: TrainConfig) -> Dataset:
         transform = LargeScaleJitter(data.image_size, scale=(data.min_scale, data.max_scale), nearest="torch")
         return CocoStuffTrain(data.root, transform=transform, seed=seed)
     raise ValueError(f"unknown data.dataset {data.dataset!r}")  # pragma: no cover - the config checks it
+
+
+def own_data_split(config: TrainConfig) -> tuple[SegmentationDataset, Optional[SegmentationDataset]]:
+    """Your own data of ``data.dataset``: (training part, held-out part or None without ``data.val_fraction``)."""
+    try:
+        full = load_user_dataset(config.data.dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise type(exc)(f"config key 'data.dataset': {exc}") from exc
+    if not config.data.val_fraction:
+        return full, None
+    return split_dataset(full, config.data.val_fraction, config.run.seed)
 
 
 class IndexedDataset(Dataset):
@@ -72,10 +89,13 @@ class IndexedDataset(Dataset):
 
 
 def collate_indexed(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """:func:`maskadapter.data.train_datasets.collate_masks` plus ``indices`` (list of dataset indices)."""
+    """:func:`maskadapter.data.train_datasets.collate_masks` plus ``indices`` (list of dataset indices) and, from a
+    feature cache, ``features`` (key -> [B, ...])."""
 
     batch = collate_masks(samples)
     batch["indices"] = [int(s["index"]) for s in samples]
+    if "features" in samples[0]:  # cached frozen features: [B, ...] per key
+        batch["features"] = {k: torch.stack([s["features"][k] for s in samples]) for k in samples[0]["features"]}
     return batch
 
 

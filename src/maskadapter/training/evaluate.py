@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from tqdm import tqdm
 
 from .. import distributed
-from ..data.datasets import load_dataset
+from ..data.datasets import SegmentationDataset, load_dataset
 from ..data.synthetic import SyntheticShapes
 from ..data.transforms import label_map_to_masks
 from ..evaluation.classification import MaskClassificationEvaluator
@@ -59,10 +59,11 @@ class EvalSet:
         return example.image, masks, labels, example.semantic
 
 
-def build_eval_set(name: str, root: Optional[str], num_images: int, synthetic: Optional[dict] = None,
-                   resize: int = 896) -> EvalSet:
-    """``synthetic`` (held-out SyntheticShapes with the given keyword arguments) or a benchmark name of
-    :func:`maskadapter.data.datasets.load_dataset` (``ade20k-150``, ``coco-panoptic``, ...)."""
+def build_eval_set(name: Union[str, SegmentationDataset], root: Optional[str], num_images: int,
+                   synthetic: Optional[dict] = None, resize: Optional[int] = 896) -> EvalSet:
+    """``synthetic`` (held-out SyntheticShapes with the given keyword arguments), a name or data spelling of
+    :func:`maskadapter.data.datasets.load_dataset` (``ade20k-150``, ``coco:val.json,images/``, ...) or a loaded
+    dataset (a held-out split)."""
     if name == "synthetic":
         kwargs = dict(synthetic or {})
         if num_images:
@@ -70,10 +71,10 @@ def build_eval_set(name: str, root: Optional[str], num_images: int, synthetic: O
         ds = SyntheticShapes(**kwargs)
         return EvalSet("synthetic", ds.vocabulary, len(ds), 255, ds, None)
 
-    ds = load_dataset(name, root)
+    ds = load_dataset(name, root) if isinstance(name, str) else name
     if num_images:
         ds = ds.subset(range(min(num_images, len(ds))))
-    return EvalSet(name, ds.vocabulary, len(ds), ds.ignore_label, ds, resize)
+    return EvalSet(ds.name, ds.vocabulary, len(ds), ds.ignore_label, ds, resize)
 
 
 def evaluate_gt_masks(model: MaskAdapterModel, eval_set: EvalSet, text: torch.Tensor, num_synonyms: Sequence[int],

@@ -30,9 +30,12 @@ from tqdm import tqdm
 
 from .. import distributed as dist_utils
 from ..checkpoint import CheckpointError
+from ..errors import WeightsUnavailableError
+from ..hub import resolve_weights
 from ..inference.preprocess import normalize_and_pad
 from ..modeling.build import build_model, default_architecture, load_preset
 from ..modeling.model import MaskAdapterModel
+from ..data.train_datasets import SegmentationTrain
 from ..modeling.text import TextClassifier
 from ..precision import resolve_precision
 from ..presets import PresetConfig
@@ -48,6 +51,7 @@ from .checkpointing import (
 from .config import RESUME_NEUTRAL_KEYS, ResolvedTraining, TrainConfig, config_diff, config_to_dict
 from .data import (
     IndexedDataset,
+    own_data_split,
     ResumableDistributedSampler,
     build_loader,
     build_train_dataset,
@@ -56,13 +60,14 @@ from .data import (
     target_generator,
 )
 from .evaluate import build_eval_set, evaluate_gt_masks
+from .feature_cache import CachedFeatures, FeatureCache, open_cache
 from .losses import LossTerms, MaskAdapterLoss
 from .matcher import build_matcher
 from .optim import WarmupLRSchedule, build_optimizer
 from .targets import MaskBatch, mixed_targets, pad_masks, valid_masks, warmup_targets
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "build_training_model", "resolve_preset",
-           "trainable_state"]
+           "trainable_state", "initial_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +123,7 @@ def build_training_model(config: TrainConfig) -> tuple[MaskAdapterModel, PresetC
         torch.manual_seed(config.run.seed)
         model = build_model(preset, arch)
     if config.model.weights:
-        _load(model, config.model.weights, "model.weights", config.model.load_parts, require_all=False)
+        _load(model, initial_weights(config, preset), "model.weights", config.model.load_parts, require_all=False)
     elif config.data.dataset != "synthetic":
         logger.warning("model.weights is not set: CLIP%s start from random weights",
                        " and the mask generator" if model.sem_seg_head is not None else "")
@@ -128,6 +133,16 @@ def build_training_model(config: TrainConfig) -> tuple[MaskAdapterModel, PresetC
     set_trainable(model, resolved.train_void)
     model.mask_adapter.grad_checkpoint = config.model.grad_checkpoint
     return model, preset
+
+
+def initial_weights(config: TrainConfig, preset: PresetConfig) -> Optional[str]:
+    """The file of ``model.weights``: ``released`` is the preset's released checkpoint (downloaded once)."""
+    if config.model.weights != "released":
+        return config.model.weights
+    try:
+        return str(resolve_weights(preset))
+    except (FileNotFoundError, ValueError, WeightsUnavailableError) as exc:
+        raise type(exc)(f"config key 'model.weights' = released: {exc}") from exc
 
 
 def _load(model: MaskAdapterModel, path: str, key: str, parts: Optional[Sequence[str]], require_all: bool = True
@@ -184,25 +199,32 @@ class _StepModule(nn.Module):
         self.num_synonyms = num_synonyms
 
     def targets(self, feats: dict, masks: list, labels: list, generators: list) -> MaskBatch:
-        """The adapter's masks and labels for this batch."""
+        """The adapter's masks and labels for this batch (stage 2: predicted masks from the cache when it has them)."""
         if self.stage == "warmup":
             return warmup_targets(masks, labels, self.num_gt, generators)
-        with torch.no_grad():
-            out = self.model.sem_seg_head(feats, self.model.text_with_void(self.text), self.num_synonyms)
-        return mixed_targets(masks, labels, out["pred_masks"], self.num_gt, self.matcher, self.mask_threshold,
+        pred_masks = feats.get("pred_masks")
+        if pred_masks is None:
+            with torch.no_grad():
+                pred_masks = self.model.sem_seg_head(feats, self.model.text_with_void(self.text),
+                                                     self.num_synonyms)["pred_masks"]
+        return mixed_targets(masks, labels, pred_masks, self.num_gt, self.matcher, self.mask_threshold,
                              generators, self.mode)
 
-    def forward(self, images: Optional[torch.Tensor], masks: list, labels: list, generators: list
-                ) -> dict[str, torch.Tensor]:
-        """Loss terms (sums and counts) of the local batch; an empty batch gives zero terms that still touch
-        every trainable parameter (so every process joins the gradient all-reduce)."""
-        if images is None:
+    def forward(self, images: Optional[torch.Tensor], masks: list, labels: list, generators: list,
+                features: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+        """Loss terms (sums and counts) of the local batch; ``features``: cached frozen features instead of
+        ``images``. An empty batch gives zero terms that still touch every trainable parameter (so every process
+        joins the gradient all-reduce)."""
+        if images is None and features is None:
             zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             z = torch.zeros((), dtype=torch.long, device=zero.device)
             return {"ce_sum": zero, "ce_count": z, "cos_sum": zero, "cos_count": z}
         model = self.model
-        with torch.no_grad():
-            feats = model.dense_features(images)
+        if features is not None:
+            feats = dict(features)
+        else:
+            with torch.no_grad():
+                feats = model.dense_features(images)
         batch = self.targets(feats, masks, labels, generators)
         logits, emb = model.classify_masks(feats, batch.masks, self.text, self.num_synonyms, with_void=True,
                                            return_embeddings=True)
@@ -250,12 +272,14 @@ class Trainer:
         self.model = model.to(self.device)
         self.resolved = config.resolved(self.preset.generator)
         self.dataset = dataset if dataset is not None else build_train_dataset(config)
-        self.indexed = IndexedDataset(self.dataset)
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), config.solver.batch_size)
         self.vocabulary = getattr(self.dataset, "vocabulary", None)
         if self.vocabulary is None:
             raise ValueError(f"the training dataset {type(self.dataset).__name__} has no .vocabulary")
         self.text, self.num_synonyms = self._class_embeddings()
+        self.feature_cache = self._open_feature_cache() if config.data.cache_features else None
+        self.indexed = IndexedDataset(self.dataset if self.feature_cache is None
+                                      else CachedFeatures(self.dataset, self.feature_cache))
         mask_threshold = (config.model.mask_threshold if config.model.mask_threshold is not None
                           else self.preset.mask_threshold)
         self.step_module = _StepModule(self.model, config, self.resolved, mask_threshold, self.text, self.num_synonyms)
@@ -297,6 +321,13 @@ class Trainer:
         classifier = TextClassifier(self.model.backbone, cache_dir=self.config.run.text_cache_dir)
         return classifier(vocab).to(self.device).float(), vocab.num_synonyms
 
+    def _open_feature_cache(self) -> FeatureCache:
+        if not isinstance(self.dataset, SegmentationTrain) or not getattr(self.dataset.transform, "fixed_size", False):
+            raise ValueError("config key 'data.cache_features' needs your own data with data.augmentation = resize")
+        return open_cache(self.model, self.dataset, self.output_dir, self.config.train.stage,
+                          self.config.data.image_size, self.text, self.num_synonyms, self.config.data.cache_limit_gb,
+                          self.config.run.progress and self.is_main, self.dist.rank, self.dist.world_size)
+
     @property
     def is_main(self) -> bool:
         """True on the process that logs and writes files."""
@@ -311,17 +342,22 @@ class Trainer:
         keep = [i for i, (m, lab) in enumerate(zip(batch["masks"], batch["labels"]))
                 if valid_masks(m, lab)[0].shape[0] > 0]
         skipped = len(batch["masks"]) - len(keep)
-        images = None
+        images = features = None
         masks, labels, gens = [], [], []
-        if keep:
+        if keep and "features" in batch:  # cached: the frozen features of the padded images, stride 32
+            features = {k: v[keep].to(self.device) for k, v in batch["features"].items()}
+            h, w = features["clip_vis_dense"].shape[-2:]
+            size = (32 * int(h), 32 * int(w))
+        elif keep:
             images, _ = normalize_and_pad([batch["images"][i].to(self.device) for i in keep])
             size = tuple(images.shape[-2:])
+        if keep:
             masks = [pad_masks(batch["masks"][i].to(self.device), size) for i in keep]
             labels = [batch["labels"][i].to(self.device) for i in keep]
             gens = [target_generator(self.config.run.seed, self.iteration, batch["indices"][i]) for i in keep]
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            out = self.forward_module(images, masks, labels, gens)
+            out = self.forward_module(images, masks, labels, gens, features)
         counts = torch.stack([out["ce_count"].float(), out["cos_count"].float(),
                               torch.tensor(float(skipped), device=out["ce_count"].device)])
         dist_utils.all_reduce_sum(counts)
@@ -454,7 +490,8 @@ class Trainer:
             d = cfg.data
             synthetic = {"num_classes": d.synthetic_num_classes, "size": d.synthetic_size, "num_images": 64,
                          "seed": cfg.eval.synthetic_seed}
-        self.eval_set = build_eval_set(cfg.eval.dataset, cfg.eval.root or cfg.data.root, cfg.eval.num_images,
+        source = own_data_split(cfg)[1] if cfg.eval.dataset == "split" else cfg.eval.dataset
+        self.eval_set = build_eval_set(source, cfg.eval.root or cfg.data.root, cfg.eval.num_images,
                                        synthetic, cfg.eval.image_size)
         if cfg.data.text == "prototypes":
             if self.eval_set.vocabulary.names != list(self.vocabulary.names):
