@@ -21,6 +21,7 @@ from maskadapter.cli import merge as merge_cmd
 from maskadapter.data.datasets import read_array, rgb_to_id
 from maskadapter.evaluation.panoptic import PanopticEvaluator
 from maskadapter.fileio import is_temporary
+from maskadapter.fingerprint import sha256_file
 from maskadapter.inference.batch import BatchOptions, SizeBatcher, run_batch
 from maskadapter.inference.inputs import collect_inputs
 from maskadapter.inference.predictor import Predictor
@@ -224,9 +225,10 @@ def test_corrupt_image_is_recorded_and_the_rest_complete(setup, reference):
     assert record["status"] == "error" and record["stage"] == "decode"
     assert not (reference / "semantic" / "broken.png").exists()
     assert not [p for p in reference.rglob("*") if is_temporary(p)] and not (reference / "shards").exists()
-    assert manifest["config"]["preset"] == "tiny-fcclip-large" and manifest["versions"]["torch"]
+    assert manifest["config"]["preset"]["name"] == "tiny-fcclip-large" and manifest["versions"]["torch"]
     assert manifest["config"]["vocabulary"] == [["cat"], ["sofa", "couch"], ["sky"]]
-    assert len(manifest["config"]["weights_fingerprint"]) == 16
+    assert manifest["config"]["weights"] == {"files": [["tiny.pth", sha256_file(setup["weights"])]]}
+    assert manifest["config"]["precision"] == "fp32" and manifest["config"]["generator"] is None
 
 
 def test_coco_outputs_load_in_the_panoptic_evaluator_and_pycocotools(setup, reference, one_thread):

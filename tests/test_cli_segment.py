@@ -94,7 +94,9 @@ def test_segment_reports_bad_images_and_inputs(setup, capsys):
     assert "no such image or folder" in capsys.readouterr().err
     vocab_file = root / "classes.txt"
     vocab_file.write_text("1:cat,kitty\n2:dog\n")
-    assert main(["segment", str(images / "a.png"), "--vocab-file", str(vocab_file), *base]) == 0
+    assert main(["segment", str(images / "a.png"), "--vocab-file", str(vocab_file), *base]) == 1
+    assert "holds outputs of another run (differs in vocabulary); pass --overwrite" in capsys.readouterr().err
+    assert main(["segment", str(images / "a.png"), "--vocab-file", str(vocab_file), *base, "--overwrite"]) == 0
 
 
 def test_segment_without_weights_offline(setup, monkeypatch, capsys):
@@ -193,8 +195,9 @@ def test_interrupted_folder_run_resumes_and_overwrite_recomputes(setup, tmp_path
     assert run(setup, [src], out) == 0 and len(calls) == 4
     assert run(setup, [src], out, "--overwrite") == 0 and len(calls) == 7
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("[ab]*")} != first
-    assert run(setup, [src], out, vocab="cat, dog") == 0 and len(calls) == 10  # another vocabulary: recomputed
-    assert "holds outputs of another run (differs in things, vocabulary)" in capsys.readouterr().err
+    assert run(setup, [src], out, vocab="cat, dog") == 1 and len(calls) == 7  # another vocabulary: refused
+    assert "holds outputs of another run (differs in things, vocabulary); pass --overwrite" in capsys.readouterr().err
+    assert run(setup, [src], out, "--overwrite", vocab="cat, dog") == 0 and len(calls) == 10
     assert [p.name for p in out.rglob("*") if is_temporary(p)] == [".c_labels.tmp-1-ab12cd34.png"]
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,8 +15,9 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..constants import TASKS
+from ..inference import formats
 from ..vocabulary import FILE_SYNTAX, INLINE_SYNTAX
-from .common import add_model_arguments, build_predictor, check_output_folder, say
+from .common import add_model_arguments, build_predictor, say
 
 __all__ = ["register", "run_segment"]
 
@@ -29,13 +32,17 @@ _NOTE_LIMIT = 10  # paths listed per kind of note (skipped folders, non-images, 
 _EPILOG = """\
 inputs: image files, folders (--recursive enters sub-folders), glob patterns ('photos/**/*.jpg', quoted),
   --image-list FILE (one path per line) or --images-json FILE (COCO images[].file_name under --image-root).
-  Outputs keep the inputs' paths relative to their folder (or root); inputs that would share an output name
-  are told apart (pic.jpg + pic.png -> pic_jpg, pic_png; a second img.png -> img_2).
+  Outputs keep the inputs' paths relative to their folder (or root), always inside -o (no '..'; parts over
+  160 bytes shortened with a hash); inputs that would share an output name are told apart (pic.jpg + pic.png
+  -> pic_jpg, pic_png; a second img.png -> img_2), and once written an input's outputs keep their names.
+  Files a run wrote are never read as inputs, and no output replaces an input.
 --format files (default): per image NAME_labels.png (class index per pixel, 255 = none), NAME.json and
   NAME_overlay.png. --format coco: semantic/NAME.png, panoptic/NAME.png + panoptic.json (panopticapi) and
   instances.json (COCO results, RLE masks) by --task; overlays/NAME.png with --overlays.
-Both write manifest.json (vocabulary, model, versions, per-image status) and records/NAME.json per image: a
-re-run over the same output folder skips finished images (an interrupted run resumes) unless --overwrite.
+Both write manifest.json (vocabulary, model, versions, per-image status) and records/NAME.json per image
+(with each output's size and SHA-256): a re-run over the same output folder skips finished images whose
+outputs are intact (an interrupted run resumes) unless --overwrite; a folder of another configuration
+(preset, weights, precision, vocabulary, ...) is refused, naming what differs, unless --overwrite.
 A failed image (unreadable, too large) is recorded with its error and the run goes on; the exit status is then 1.
 Several GPUs or nodes: torchrun --nproc-per-node N -m maskadapter segment ... (one shard per process; the
 output folder must be shared). After a crash, `maskadapter merge OUT` writes the dataset-level files."""
@@ -65,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--boxes", help="SAM box prompts, " + _BOXES_HELP + " (needs --sam-checkpoint; one image)")
     p.add_argument("--top-k", type=int, default=5, help="classes listed per prompt (default 5)")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
-    p.add_argument("--format", choices=["files", "coco"], default="files", help="output format (default files)")
+    p.add_argument("--format", choices=formats.NAMES, default="files", help="output format (default files)")
     p.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=None,
                    help="write an overlay PNG per image (default: yes for --format files, no for coco)")
     p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
@@ -86,13 +93,16 @@ class _Settings:
     vocab: Any
     things: Optional[list[str]]
     tasks: tuple[str, ...]
-    output: Path
+    output: Path  #: not created yet: the run creates it once the model is loaded
+    format: Any = None  #: the OutputFormat
+    inputs: Any = None  #: the collected InputSet (None with prompts)
     points: list = field(default_factory=list)  #: SAM point prompts (x, y, positive)
     boxes: list = field(default_factory=list)  #: SAM box prompts (x0, y0, x1, y1)
 
 
 def _check_args(args: argparse.Namespace) -> _Settings:
-    """Every check that needs no model: vocabulary, things, tasks, numbers, output folder (errors up front)."""
+    """Every check that needs no model: vocabulary, tasks, numbers, preset, device, precision, mask generator,
+    output folder, inputs, then things. Up to the inputs no torch is imported, and nothing is created."""
     from ..vocabulary import Vocabulary
 
     vocab = Vocabulary.from_file(args.vocab_file) if args.vocab_file else Vocabulary.parse(args.vocab)
@@ -100,6 +110,18 @@ def _check_args(args: argparse.Namespace) -> _Settings:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ValueError(f"--task must name some of {', '.join(TASKS)}, got {args.task!r}")
+    for name, low in (("batch_size", 1), ("workers", 0)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
+    if not (args.images or args.image_list or args.images_json):
+        raise ValueError("give images: files, folders, glob patterns, --image-list or --images-json")
+    _check_model_options(args)
+    output = _check_output(args.output)
+    points, boxes = _check_prompts(args)
+    fmt = formats.create(args.format, tasks, args.overlays, tasks[0])
+    inputs = None if (points or boxes) else _collect(args, output, fmt)
     things = [t.strip() for t in args.things.split(",") if t.strip()] if args.things else None
     if things is not None:
         from ..inference.predictor import things_mask
@@ -108,15 +130,51 @@ def _check_args(args: argparse.Namespace) -> _Settings:
             things_mask(vocab, things)
         except ValueError as exc:
             raise ValueError(f"--{exc}") from exc
-    for name, low in (("batch_size", 1), ("workers", 0)):
-        if getattr(args, name) < low:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
-    if not (args.images or args.image_list or args.images_json):
-        raise ValueError("give images: files, folders, glob patterns, --image-list or --images-json")
-    points, boxes = _check_prompts(args)
-    return _Settings(vocab, things, tasks, check_output_folder(args.output), points, boxes)
+    return _Settings(vocab, things, tasks, output, fmt, inputs, points, boxes)
+
+
+def _check_model_options(args: argparse.Namespace) -> None:
+    """Preset, device, precision and mask generator, without torch."""
+    from ..presets import get_preset
+
+    preset = str(args.preset)
+    if preset.endswith(".json") or os.path.sep in preset or Path(preset).exists():
+        if not Path(preset).expanduser().is_file():
+            raise FileNotFoundError(f"preset file not found: {preset}")
+    else:
+        get_preset(preset)
+    device = args.device or "auto"
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if args.precision == "fp16" and device == "cpu":
+        raise ValueError("--precision fp16 needs a CUDA device (on the CPU use fp32 or bf16)")
+    if args.generator == "sam" and not args.sam_checkpoint:
+        raise ValueError("--generator sam needs --sam-checkpoint PATH")
+    if args.adapter_only and args.generator != "sam" and not (args.points or args.boxes):
+        raise ValueError("--adapter-only has no mask generator: add --generator sam --sam-checkpoint PATH "
+                         "(SAM's automatic masks) or prompt with --points / --boxes")
+
+
+def _check_output(path: str) -> Path:
+    """The output folder, not created: ValueError when it is a file or cannot be created."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output {folder} exists and is not a folder")
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create the output folder {folder}: {existing} is not a writable folder")
+    return folder
+
+
+def _collect(args: argparse.Namespace, output: Path, fmt: Any) -> Any:
+    """The input images, keyed for ``output`` (earlier keys kept, earlier outputs skipped)."""
+    from ..inference.inputs import collect_inputs
+    from ..inference.runstore import RESERVED_KEYS, output_target
+
+    return collect_inputs(args.images, args.recursive, args.image_list, args.images_json, args.image_root,
+                          str(output), RESERVED_KEYS, output_target(output, fmt))
 
 
 def _check_prompts(args: argparse.Namespace) -> tuple[list, list]:
@@ -156,24 +214,36 @@ def run_segment(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace, settings: _Settings, main: bool) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..inference.batch import BatchOptions, on_main_process, run_batch
-    from ..inference.coco import RESERVED_KEYS
-    from ..inference.inputs import collect_inputs
+    from ..inference.batch import BatchOptions, run_batch
 
-    inputs = on_main_process(lambda: collect_inputs(args.images, args.recursive, args.image_list, args.images_json,
-                                                    args.image_root, str(settings.output), RESERVED_KEYS))
+    inputs = settings.inputs
     items = inputs.items[: args.limit] if args.limit else inputs.items
-    options = BatchOptions(settings.tasks, args.format, args.overlays, settings.tasks[0], args.batch_size,
+    options = BatchOptions(settings.tasks, settings.format, None, settings.tasks[0], args.batch_size,
                            args.workers, args.overwrite, progress=main and not args.quiet)
     if main:
         _print_input_notes(inputs)
     predictor = build_predictor(args)
     with logging_redirect_tqdm(), _few_of_a_kind():
         report = run_batch(predictor, items, settings.vocab, settings.output, options, settings.things,
-                           on_message=_write_line)
+                           on_message=_write_line, weight_files=_weight_files(args, predictor))
     if main:
         _print_summary(report, options)
     return 1 if report.failed else 0
+
+
+def _weight_files(args: argparse.Namespace, predictor: Any) -> Optional[list[str]]:
+    """The files the model and SAM were loaded from (their hashes are remembered per file); None when the
+    released file cannot be named (the run then hashes the weights in memory)."""
+    if args.weights:
+        files = [args.weights]
+    else:
+        try:
+            from ..hub import resolve_weights
+
+            files = [str(resolve_weights(predictor.preset))]
+        except Exception:  # noqa: BLE001 - only the fingerprint's speed depends on it
+            return None
+    return files + [f for f in (args.clip_weights, args.sam_checkpoint) if f]
 
 
 def _segment_prompts(args: argparse.Namespace, settings: _Settings) -> int:
@@ -255,6 +325,14 @@ def _print_input_notes(inputs: Any) -> None:
     if inputs.repeated:
         say(f"note: {len(inputs.repeated)} input(s) name an image met before (segmented once): "
             f"{_listing(inputs.repeated)}")
+    if inputs.skipped_links:
+        say(f"note: {len(inputs.skipped_links)} link(s) to folders not entered (name them to segment them): "
+            f"{_listing(inputs.skipped_links)}")
+    if inputs.own_outputs:
+        say(f"note: {len(inputs.own_outputs)} file(s) written by an earlier run into the output folder skipped: "
+            f"{_listing(inputs.own_outputs)}")
+    for path, reason in inputs.conflicts[:_NOTE_LIMIT]:
+        say(f"note: {path} gets another output name: {reason}")
     if inputs.renamed:
         say(f"note: {len(inputs.renamed)} input(s) renamed so their outputs stay apart: "
             f"{_listing([f'{path} -> {key}' for path, key in inputs.renamed])}")
@@ -283,8 +361,7 @@ def _print_summary(report: Any, options: Any) -> None:
         print(f"{report.downscaled} image(s) have maps smaller than the image (the output-size cap, "
               "max_output_pixels)")
     _print_stages(report)
-    per_image = options.layout(report.output_dir).outputs("<name>").values()
-    layout = ", ".join(p.relative_to(report.output_dir).as_posix() for p in per_image)
+    layout = ", ".join(options.output.paths("<name>").values())
     print(f"outputs ({', '.join(options.tasks)}) written to {report.output_dir}/: {layout}, records/<name>.json; "
           f"{', '.join(report.files)}")
     if report.failed:

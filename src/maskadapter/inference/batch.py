@@ -6,29 +6,31 @@ share their padded network size go through the model together (``batch_size``): 
 masks are those of one-by-one prediction, scores agree to float rounding (matrix kernels depend on the batch
 size, on the CPU as on GPUs). Every file is written atomically, and a per-image record written last marks an
 image as done, so a killed run restarted with any number of processes recomputes only the images without
-one. A failed image gets a record with its error; the run goes on. At the end each process writes its shard
-of the records and rank 0 merges them into the manifest and the COCO files (:mod:`.coco` describes the
-files; :func:`merge_outputs` merges after a crash). Several nodes need an output folder they all see.
+one, or whose outputs changed since. A failed image gets a record with its error; no single image stops the
+run. At the end each process writes its shard of the records and rank 0 merges them into the manifest and the
+format's dataset-level files (:mod:`.runstore` describes the files, :mod:`.formats` the output formats;
+:func:`merge_outputs` merges after a crash). Several nodes need an output folder they all see.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
 from .. import distributed
-from ..fileio import atomic_save_image, atomic_write_json
 from ..vocabulary import Vocabulary, VocabularyLike
-from . import coco
-from .coco import BatchReport, OutputLayout, merge_outputs
+from . import formats
+from .formats import ImageOutput, OutputFormat
 from .inputs import ImageItem
-from .predictor import PreparedImage, Predictor, SegmentationResult, check_tasks, things_mask
+from .predictor import PreparedImage, Predictor, check_tasks, things_mask
+from .runstore import BatchReport, RunStore, config_hash, merge_outputs, run_config
 
 __all__ = ["BatchOptions", "BatchReport", "run_batch", "merge_outputs", "on_main_process", "SharedError",
            "SizeBatcher"]
@@ -47,34 +49,37 @@ class BatchOptions:
     """How a batch run writes and schedules its work (the vocabulary and model are the predictor's call)."""
 
     tasks: tuple[str, ...] = ("semantic",)  #: "semantic" is always computed (label maps)
-    format: str = "files"  #: "files" (per-image PNG + JSON) or "coco" (dataset-level files)
-    overlays: Optional[bool] = None  #: per-image overlays; None: yes for "files", no for "coco"
+    #: a built-in format's name (:data:`~.formats.NAMES`: "files", per-image PNG + JSON; "coco", dataset-level
+    #: files) or any :class:`~.formats.OutputFormat` object
+    format: Union[str, OutputFormat] = "files"
+    overlays: Optional[bool] = None  #: built-in formats' overlays; None: yes for "files", no for "coco"
     overlay_task: Optional[str] = None  #: what overlays draw and per-image JSONs name; None: the last task
     batch_size: int = 1  #: images per forward pass (same padded size only)
     workers: int = 2  #: DataLoader worker processes decoding images (0: in the main process)
     overwrite: bool = False  #: recompute images that are done; replace a manifest of another configuration
     sync_every: int = 8  #: batches between progress exchanges of the processes
     progress: bool = True  #: progress bar on rank 0
+    output: OutputFormat = field(init=False, repr=False, compare=False)  #: the format object ``format`` names
 
     def __post_init__(self) -> None:
         tasks = check_tasks(self.tasks)
         object.__setattr__(self, "tasks", tuple(t for t in ("semantic", "panoptic", "instance")
                                                 if t in tasks or t == "semantic"))
-        if self.format not in coco.FORMATS:
-            raise ValueError(f"format must be one of {coco.FORMATS}, got {self.format!r}")
         for name, low in (("batch_size", 1), ("workers", 0), ("sync_every", 1)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
-        if self.overlays is None:
-            object.__setattr__(self, "overlays", self.format == "files")
         if self.overlay_task is None:
             object.__setattr__(self, "overlay_task", tasks[-1])
         elif self.overlay_task not in self.tasks:
             raise ValueError(f"overlay_task {self.overlay_task!r} is not one of the tasks {self.tasks}")
-
-    def layout(self, root: Path) -> OutputLayout:
-        """Where this run's files go under ``root``."""
-        return OutputLayout(root, self.format, self.tasks, bool(self.overlays), str(self.overlay_task))
+        if isinstance(self.format, str):
+            output = formats.create(self.format, self.tasks, self.overlays, str(self.overlay_task))
+        elif isinstance(self.format, OutputFormat):
+            output = self.format
+        else:
+            raise TypeError(f"format must be a format name ({', '.join(formats.NAMES)}) or an OutputFormat, "
+                            f"got {type(self.format).__name__}")
+        object.__setattr__(self, "output", output)
 
 
 # ---------------------------------------------------------------------------------------------- coordination
@@ -224,14 +229,16 @@ class _Runner:
     """Segments one process's pending images and writes their outputs and records."""
 
     def __init__(self, predictor: Predictor, vocab: Vocabulary, is_thing: torch.Tensor, options: "BatchOptions",
-                 layout: OutputLayout, run_id: str, on_message: Callable[[str], None]) -> None:
+                 store: RunStore, run_id: str, inputs: "set[str]", on_message: Callable[[str], None]) -> None:
         # exact per-stage times: one device sync per stage costs little next to a forward pass
         self.predictor = predictor.with_options(sync_timings=True)
-        self.vocab, self.is_thing, self.layout, self.run_id = vocab, is_thing, layout, run_id
-        self.options, self.on_message = options, on_message
+        self.vocab, self.is_thing, self.store, self.run_id = vocab, is_thing, store, run_id
+        self.options, self.on_message, self.inputs = options, on_message, inputs
+        self.real_root = os.path.realpath(store.root)
         self.stages = {s: 0.0 for s in STAGES}
         self.decode = 0.0
         self.computed = 0
+        self.written: set[str] = set()  #: keys whose records this run wrote
         self.progress: Optional[_Progress] = None
         self.items: Sequence[ImageItem] = ()
 
@@ -241,7 +248,7 @@ class _Runner:
         if not items:
             return
         dataset = _ImageDataset(items, self.predictor.preparer, self.predictor.max_image_pixels,
-                                self.options.overlays)
+                                self.options.output.needs_image)
         batcher = SizeBatcher(self.options.batch_size, lambda s: self.predictor.padded_size(s.prepared))
         waited = time.perf_counter()
         for sample in _loader(dataset, self.options.workers, self.options.batch_size):
@@ -272,81 +279,84 @@ class _Runner:
             self.progress.step(0, 1)
             return
         elapsed = time.perf_counter() - start
-        post = self.predictor.timings.get("postprocess", 0.0)
+        post = _timings(self.predictor, results).get("postprocess", 0.0)
         self.stages["model"] += elapsed - post
         self.stages["postprocess"] += post
         done = sum(self._save(s, r, s.seconds + elapsed / len(batch)) for s, r in zip(batch, results))
         assert self.progress is not None
         self.progress.step(done, len(batch) - done)
 
-    def _save(self, sample: _Sample, result: SegmentationResult, seconds: float) -> bool:
-        """Write one image's outputs, then its record; False (and an error record) when writing fails."""
+    def _save(self, sample: _Sample, result: Any, seconds: float) -> bool:
+        """Write one image's outputs, then its record; False (and an error record) when that fails."""
         from .writers import result_to_json
 
         item = self.items[sample.index]
         start = time.perf_counter()
         try:
-            data = result_to_json(result, item.name, self.options.overlay_task)
-            images, extra = self._images(sample, result, data)
+            data = result_to_json(result, item.name, str(self.options.overlay_task))
+            rgb = sample.rgb.permute(1, 2, 0).numpy() if sample.rgb is not None else None
+            image = ImageOutput(item.key, item.name, result, data, rgb, str(self.options.overlay_task))
             self.stages["postprocess"] += time.perf_counter() - start
             start = time.perf_counter()
-            for path, image in images.items():
-                atomic_save_image(image, path)
-            if self.options.format == "files":
-                atomic_write_json(self.layout.outputs(item.key)["json"], data)
+            self._check_targets(item)
+            extra = self.options.output.write(self.store.root, image) or {}
+            (height, width), (input_height, input_width) = result.image_size, result.input_size or result.image_size
+            seconds += time.perf_counter() - start
+            self.store.write_ok(item, self.run_id, {
+                "height": height, "width": width, "input_height": input_height, "input_width": input_width,
+                **_summary(result, data), "seconds": round(seconds, 4), **extra})
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk: recorded, retried by the next run
             self._fail(sample, _describe(exc), "write")
             return False
-        seconds += time.perf_counter() - start
-        (height, width), (input_height, input_width) = result.image_size, result.input_size or result.image_size
-        outputs = [p.relative_to(self.layout.root).as_posix() for p in self.layout.outputs(item.key).values()]
-        record = {**self._base(item), "status": "ok", "height": height, "width": width, "input_height": input_height,
-                  "input_width": input_width, "outputs": outputs, **_summary(data), "seconds": round(seconds, 4),
-                  **extra}
-        atomic_write_json(self.layout.record(item.key), record, indent=None)
         self.stages["write"] += time.perf_counter() - start
+        self.written.add(item.key)
         self.computed += 1
         return True
 
-    def _images(self, sample: _Sample, result: SegmentationResult, data: dict) -> tuple[dict[Path, Any], dict]:
-        """The images to write (path -> PIL image) and the record's format-specific fields."""
-        from .writers import label_map_image, overlay_image
-
-        outputs = self.layout.outputs(self.items[sample.index].key)
-        images: dict[Path, Any] = {outputs["labels" if "labels" in outputs else "semantic"]: label_map_image(result)}
-        if "overlay" in outputs and sample.rgb is not None:
-            images[outputs["overlay"]] = overlay_image(sample.rgb.permute(1, 2, 0).numpy(), result,
-                                                       self.options.overlay_task)
-        extra: dict = {}
-        if self.options.format == "coco":
-            if "panoptic" in outputs:
-                images[outputs["panoptic"]] = coco.panoptic_png(result.panoptic)
-                extra["segments_info"] = coco.segments_info(data)
-            if "instance" in self.options.tasks:
-                extra["instances"] = coco.instance_results(data)
-        return images, extra
-
-    def _base(self, item: ImageItem) -> dict:
-        return {"file_name": item.name, "key": item.key, "source": str(Path(item.path).absolute()),
-                "run": self.run_id}
+    def _check_targets(self, item: ImageItem) -> None:
+        """ValueError naming the conflict when an output of ``item`` is a folder, lies outside the output folder
+        (through a symbolic link inside it) or is an input file."""
+        for path in self.store.outputs(item.key).values():
+            real = os.path.realpath(path)
+            if os.path.commonpath([real, self.real_root]) != self.real_root:
+                raise ValueError(f"output {path} leads outside the output folder (to {real}) through a symbolic "
+                                 "link: remove the link or choose another output folder")
+            if os.path.isdir(real):
+                raise ValueError(f"output {path} is a folder: remove or rename it, or choose another output folder")
+            if real in self.inputs:
+                raise ValueError(f"output {path} is an input image: choose another output folder")
 
     def _fail(self, sample: _Sample, message: str, stage: str) -> None:
         item = self.items[sample.index]
         self.on_message(f"error: {item.path}: {message}")
-        atomic_write_json(self.layout.record(item.key), {**self._base(item), "status": "error", "stage": stage,
-                                                         "error": message}, indent=None)
+        try:
+            self.store.write_error(item, self.run_id, stage, message)
+        except Exception as exc:  # noqa: BLE001 - the image is then reported missing; the run goes on
+            self.on_message(f"error: {item.path}: its error record cannot be written either: {_describe(exc)}")
+        self.written.add(item.key)
 
 
-def _summary(data: dict) -> dict:
-    """Segments count and the top classes (share of pixels) of the task's segments in a ``result_to_json`` dict;
-    a result with no segments lists no class."""
+def _timings(predictor: Any, results: Sequence[Any]) -> dict:
+    """Seconds per stage of the last call: the results' own timings when they carry them, else the predictor's."""
+    own = getattr(results[0], "timings", None) if results else None
+    return own if isinstance(own, dict) else getattr(predictor, "timings", {}) or {}
+
+
+def _summary(result: Any, data: dict) -> dict:
+    """Segments count and the top classes (share of the image's pixels) of the task's segments; a result with no
+    segments lists no class. A class's share counts each pixel once, however many of its instances overlap."""
     total = max(1, data["height"] * data["width"])
     key = {"panoptic": "segments_info", "instance": "instances"}.get(data.get("task"), "semantic")
     segments = data.get(key, [])
     names = [c["name"] for c in data["categories"]]
     areas: dict[str, int] = {}
-    for s in segments:  # a class's segments summed
-        areas[names[s["category_id"]]] = areas.get(names[s["category_id"]], 0) + s["area"]
+    if key == "instances" and segments:
+        masks, classes = result.instances.masks, result.instances.classes
+        for c in sorted({s["category_id"] for s in segments}):
+            areas[names[c]] = int(masks[classes == c].any(dim=0).sum())
+    else:
+        for s in segments:  # a class's segments summed (they do not overlap)
+            areas[names[s["category_id"]]] = areas.get(names[s["category_id"]], 0) + s["area"]
     top = [[label, round(area / total, 4)] for label, area in sorted(areas.items(), key=lambda kv: -kv[1])[:4]]
     return {"segments": len(segments), "top": top}
 
@@ -354,50 +364,90 @@ def _summary(data: dict) -> dict:
 # ---------------------------------------------------------------------------------------------- public API
 def run_batch(predictor: Predictor, items: Sequence[ImageItem], vocabulary: VocabularyLike,
               output_dir: "str | Path", options: Optional[BatchOptions] = None, things: Any = None,
-              on_message: Optional[Callable[[str], None]] = None) -> BatchReport:
+              on_message: Optional[Callable[[str], None]] = None,
+              weight_files: Optional[Sequence["str | os.PathLike"]] = None) -> BatchReport:
     """Segment ``items`` (:func:`~maskadapter.inference.inputs.collect_inputs`) into ``output_dir``.
 
     Under ``torchrun`` every process calls this with the same items; each segments its shard, and rank 0
-    merges. Images done by an earlier run of the same configuration are skipped (unless ``overwrite``).
-    ``things``: class names or flags (default: COCO things). ``on_message``: receives one line per failed
-    image (default: a logged warning). Every process returns the same report.
+    merges. Images done by an earlier run of the same configuration are skipped (unless ``overwrite``); a folder
+    of another configuration is refused, naming what differs. ``things``: class names or flags (default: COCO
+    things). ``on_message``: receives one line per failed image (default: a logged warning). ``weight_files``:
+    the files the predictor's weights came from, hashed (once per file version) for the run's fingerprint
+    instead of the weights in memory. Every process returns the same report.
     """
     options = options or BatchOptions()
     vocab = Vocabulary.coerce(vocabulary)
     is_thing = things_mask(vocab, things)
-    layout = options.layout(Path(output_dir))
-    config = coco.run_config(layout, predictor, vocab, is_thing.tolist())
-    run_id = coco.config_hash(config)
+    store = RunStore(Path(output_dir), options.output)
+    inputs = _check_items(store, items)
     say = on_message or logger.warning
     info = distributed.init_distributed(predictor.device)
     try:
-        head = on_main_process(lambda: coco.start_manifest(layout, config, items, predictor, options.overwrite, say))
+        def start() -> tuple[str, dict]:
+            config = run_config(options.output, options.tasks, predictor, vocab, is_thing.tolist(), weight_files)
+            head = store.start(config, items, predictor.resolved_precision, options.overwrite,
+                               _categories(vocab, is_thing.tolist()))
+            return config_hash(config), head
+
+        run_id, head = on_main_process(start)
         distributed.barrier()
         mine = distributed.shard(items, info.rank, info.world_size)
-        pending = list(mine) if options.overwrite else [
-            item for item in mine if (r := coco.read_record(layout, item, run_id)) is None or r["status"] != "ok"]
+        verified: set[str] = set()
+        pending = []
+        for item in mine:
+            record = None if options.overwrite else store.read(item, run_id)
+            if record is None or record["status"] != "ok":
+                pending.append(item)
+            else:
+                verified.add(item.key)
         done = int(distributed.all_reduce_sum(torch.tensor([len(mine) - len(pending)]))[0])
         progress = _Progress(len(items), done, info.world_size, options.sync_every,
                              options.progress and info.is_main)
-        runner = _Runner(predictor, vocab, is_thing, options, layout, run_id, say)
-        start = time.perf_counter()
+        runner = _Runner(predictor, vocab, is_thing, options, store, run_id, inputs, say)
+        start_time = time.perf_counter()
         runner.run(pending, progress)
-        stats = {"computed": runner.computed, "seconds": time.perf_counter() - start, "stages": runner.stages,
+        stats = {"computed": runner.computed, "seconds": time.perf_counter() - start_time, "stages": runner.stages,
                  "decode": runner.decode}
         progress.finish()
-        coco.write_shard(layout, mine, run_id, info.rank, info.world_size)
+        store.write_shard(mine, run_id, info.rank, info.world_size, verified | runner.written)
         gathered = distributed.all_gather_object(stats)  # also waits for every shard
-        report = on_main_process(lambda: _merge_shards(layout, items, head, info.world_size, gathered))
+        report = on_main_process(lambda: _merge_shards(store, items, head, info.world_size, gathered))
     finally:
         distributed.cleanup(info)
     return report
 
 
-def _merge_shards(layout: OutputLayout, items: Sequence[ImageItem], head: dict, world: int,
+def _categories(vocab: Vocabulary, is_thing: Sequence[bool]) -> list[dict]:
+    """COCO categories of a vocabulary: id = class index, name, synonyms, isthing (1 / 0)."""
+    from .writers import categories_json
+
+    return [{**category, "isthing": int(bool(thing)), "supercategory": "thing" if thing else "stuff"}
+            for category, thing in zip(categories_json(vocab), is_thing)]
+
+
+def _check_items(store: RunStore, items: Sequence[ImageItem]) -> "set[str]":
+    """The inputs' real paths; ValueError for a key that could leave the output folder, a format whose files of
+    one key coincide, or an output that is an input (keys from :func:`collect_inputs` never are)."""
+    inputs = {os.path.realpath(item.path) for item in items}
+    root = os.path.realpath(store.root)
+    for item in items:
+        parts = item.key.split("/")
+        if not item.key or item.key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in item.key:
+            raise ValueError(f"the output key {item.key!r} of {item.path} is not a plain relative path")
+        paths = list(store.format.paths(item.key).values())
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"the output format {store.format.name!r} gives two outputs of {item.key!r} one name")
+        for rel in paths:
+            if os.path.join(root, rel) in inputs:
+                raise ValueError(f"output {store.root / rel} of {item.path} is an input image")
+    return inputs
+
+
+def _merge_shards(store: RunStore, items: Sequence[ImageItem], head: dict, world: int,
                   gathered: list[dict]) -> BatchReport:
     """Rank 0: the dataset-level files from every process's shard, and the run's report."""
-    report = coco.merge(layout, items, coco.shard_records(layout, len(items), world), head)
-    coco.remove_shards(layout)
+    report = store.merge(items, store.shard_records(len(items), world), head)
+    store.remove_shards()
     report.processes = len(gathered)
     report.computed = sum(s["computed"] for s in gathered)
     report.seconds = max(s["seconds"] for s in gathered)
