@@ -220,7 +220,7 @@ def assert_outputs_contract(a: Any, b: Any, mask_cls: torch.Tensor, mask_pred: t
         _assert_segments(a, b, score_rtol)
     if a.instances is not None or b.instances is not None:
         counts["instance"] = _assert_instances(a.instances, b.instances, mask_cls, values["logits"], is_thing,
-                                               top_k, atol, rtol, score_rtol)
+                                               top_k, atol, rtol, score_rtol, mask_pred.dtype)
     return counts
 
 
@@ -239,12 +239,13 @@ def _assert_segments(a: Any, b: Any, score_rtol: float) -> None:
 
 
 def _assert_instances(ia: Any, ib: Any, mask_cls: torch.Tensor, logits: torch.Tensor, is_thing: Any, top_k: int,
-                      atol: float, rtol: float, score_rtol: float) -> int:
+                      atol: float, rtol: float, score_rtol: float, dtype: Optional[torch.dtype] = None) -> int:
     """Same instances in the same order; masks differ only at near-zero logits; scores agree up to what the
     flipped pixels can move a mask mean."""
     assert len(ia) == len(ib), f"instances: {len(ia)} vs {len(ib)}"
     assert torch.equal(ia.classes.cpu(), ib.classes.cpu()), "instance classes"
-    probs = torch.softmax(mask_cls.detach().double().cpu(), -1)[:, :-1]
+    # the runs' own dtype: exact ties of class probabilities (equal logits) then break as in the runs
+    probs = torch.softmax(mask_cls.detach().cpu().to(logits.dtype if dtype is None else dtype), -1)[:, :-1]
     _, classes, queries = pp.top_k_detections(probs, is_thing, top_k)
     assert torch.equal(classes, ib.classes.cpu()), "instance classes differ from the reference top-k"
     if not len(ia):
