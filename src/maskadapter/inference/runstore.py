@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -408,10 +409,25 @@ def run_config(fmt: OutputFormat, tasks: Sequence[str], predictor: Any, vocab: A
     return {"format": fmt.describe(), "tasks": list(tasks), "vocabulary": [list(c) for c in vocab.classes],
             "things": [bool(t) for t in is_thing], "preset": describe_object(predictor.preset),
             "precision": predictor.resolved_precision, "options": options,
-            "generator": None if generator is None else {
-                "type": f"{type(generator).__module__}.{type(generator).__qualname__}",
-                "settings": describe_object(generator)},
-            "weights": weights}
+            "generator": _describe_generator(generator), "weights": weights}
+
+
+def _describe_generator(obj: Any, depth: int = 3) -> Any:
+    """The type and plain settings of a mask generator and of the objects it holds (a few levels deep)."""
+    import torch
+
+    if obj is None:
+        return None
+    out: dict = {"type": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    if isinstance(obj, torch.nn.Module) or not hasattr(obj, "__dict__"):
+        return out
+    out["settings"] = describe_object(obj)
+    if depth > 0:
+        parts = {k: _describe_generator(v, depth - 1) for k, v in vars(obj).items()
+                 if hasattr(v, "__dict__") and not isinstance(v, (type, torch.Tensor)) and not inspect.isroutine(v)}
+        if parts:
+            out["parts"] = parts
+    return out
 
 
 def _modules_hash(obj: Any) -> Optional[str]:
@@ -424,10 +440,15 @@ def _modules_hash(obj: Any) -> Optional[str]:
 
     found: dict[int, torch.nn.Module] = {}
 
+    seen: set[int] = set()
+
     def visit(value: Any, depth: int) -> None:
+        if id(value) in seen:
+            return
+        seen.add(id(value))
         if isinstance(value, torch.nn.Module):
             found.setdefault(id(value), value)
-        elif depth < 3 and hasattr(value, "__dict__") and not isinstance(value, type):
+        elif depth < 6 and hasattr(value, "__dict__") and not isinstance(value, type):
             for child in vars(value).values():
                 visit(child, depth + 1)
 
