@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a model on a prepared benchmark as the paper does (fp32, official thresholds), "
                     "print the metrics, and write results.json and a markdown table row.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help=f"{' | '.join(DATASET_NAMES)} | custom:IMAGES,LABELS,CLASSES")
+    p.add_argument("--dataset", required=True,
+                   help=f"{' | '.join(DATASET_NAMES)} | your own data: coco:ANN.json,IMAGES | "
+                        "panoptic:PAN.json,IMAGES[,PNGS] | labels:IMAGES,LABELS,CLASSES")
     p.add_argument("--data-root", default=os.environ.get("DETECTRON2_DATASETS"),
                    help="folder holding the prepared datasets (default $DETECTRON2_DATASETS)")
     p.add_argument("--gt-masks", action="store_true",
@@ -63,7 +65,7 @@ def _default_output(args: argparse.Namespace) -> Path:
     base = user_cache_dir("eval")
     preset = Path(args.preset).stem
     dataset = args.dataset
-    if dataset.startswith("custom:"):
+    if ":" in dataset:  # your own data (coco:, panoptic:, labels:, custom:)
         dataset = "custom-" + hashlib.sha1(dataset.encode()).hexdigest()[:8]
     return base / f"{preset}_{dataset}{'_gt-masks' if args.gt_masks else ''}"
 
@@ -76,7 +78,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
-    if not args.dataset.startswith("custom:") and not args.data_root:
+    if ":" not in args.dataset and not args.data_root:
         raise ValueError(f"dataset {args.dataset} needs --data-root (or $DETECTRON2_DATASETS)")
     tasks = None
     if args.tasks:

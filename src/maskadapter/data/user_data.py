@@ -49,9 +49,10 @@ def parse_data(text: str) -> tuple[str, list[Path]]:
     if not sep or kind not in DATA_KINDS:
         raise ValueError(f"data {text!r} must be one of {DATA_SYNTAX}")
     parts = [p.strip() for p in body.split(",")]
-    wanted = DATA_KINDS[kind].split(",")
-    required = [w for w in wanted if not w.startswith("[")]
-    if not required or not all(parts) or not len(required) <= len(parts) <= len(wanted):
+    syntax = DATA_KINDS[kind]
+    required = syntax.split("[")[0].strip(",").split(",")
+    wanted = syntax.replace("[", "").replace("]", "").split(",")
+    if not all(parts) or not len(required) <= len(parts) <= len(wanted):
         raise ValueError(f"data {text!r}: {kind} takes {kind}:{DATA_KINDS[kind]}")
     return ("labels" if kind == "custom" else kind), [Path(p).expanduser() for p in parts]
 

@@ -173,6 +173,8 @@ class RunSection:
     log_period: int = 20
     tensorboard: bool = True
     progress: bool = True
+    #: at the end, write ``model.safetensors``: the best (else the last) checkpoint as a complete model
+    export_model: bool = True
     text_cache_dir: Optional[str] = None
     threads: int = 0  #: torch CPU threads per process (0: torch's default)
     dist_timeout_min: int = 60
@@ -279,7 +281,7 @@ RESUME_NEUTRAL_KEYS = frozenset({
     "run.output_dir", "run.checkpoint_period", "run.keep_checkpoints", "run.log_period", "run.tensorboard",
     "run.progress", "run.text_cache_dir", "run.threads", "run.dist_timeout_min", "run.device",
     "data.num_workers", "data.root", "eval.root", "eval.period", "model.weights", "model.adapter_weights",
-    "data.cache_limit_gb",
+    "data.cache_limit_gb", "run.export_model",
 })
 
 

@@ -23,12 +23,16 @@ import torch
 from ..checkpoint import (CheckpointError, non_tensor_reason, read_checkpoint, read_state_dict, save_safetensors,
                           split_checkpoint)
 from .checkpointing import atomic_save, is_training_checkpoint, load_training_checkpoint
+from .config import config_from_dict
+from .setup import initial_weights, resolve_preset, seeded_model
 
-__all__ = ["fuse_checkpoints", "export_state", "save_state", "FUSED_PREFIXES"]
+__all__ = ["fuse_checkpoints", "export_state", "save_state", "write_model", "FUSED_PREFIXES", "MODEL_FILE"]
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
+#: The complete model a finished run leaves in its output folder (``segment --weights`` reads it).
+MODEL_FILE = "model.safetensors"
 #: Key prefixes the official fuse scripts copy from the segmentor.
 FUSED_PREFIXES = ("sem_seg_head", "void")
 
@@ -36,16 +40,23 @@ FUSED_PREFIXES = ("sem_seg_head", "void")
 def export_state(checkpoint: PathLike, full: bool = False, base: Optional[PathLike] = None) -> dict[str, torch.Tensor]:
     """Official-layout tensors of a training checkpoint: ``mask_adapter.*`` (+ ``void_embedding.weight`` when it
     was trained); with ``full``, plus the frozen parts of the model from ``base`` (default: the run's
-    ``model.weights``), restricted to the parts the run's model had (and to its ``model.load_parts``)."""
+    ``model.weights``), restricted to the parts the run's model had (and to its ``model.load_parts``).
+
+    A run that started from random weights (no ``model.weights``) has its frozen parts rebuilt from ``run.seed``,
+    exactly as the run built them, with the preset's whole architecture (its mask generator too), so the result is
+    a complete model that ``segment --weights`` loads (random frozen weights: for trying the tools offline)."""
     ckpt = load_training_checkpoint(checkpoint)
     trained = {k: v for k, v in ckpt["model"].items()}
     if not full:
         return trained
     cfg = ckpt["config"]
-    base = base if base is not None else cfg["model"].get("weights")
-    if not base:
-        raise ValueError(f"{checkpoint}: the run had no model.weights, so there are no frozen weights to export; "
-                         "pass --base FILE or export the adapter alone")
+    if base is None and not cfg["model"].get("weights"):
+        logger.warning("%s: the run had no model.weights; its frozen parts are rebuilt from run.seed (random "
+                       "weights)", checkpoint)
+        state = seeded_model(config_from_dict(cfg)).state_dict()
+        state.update(trained)
+        return state
+    base = base if base is not None else initial_weights(config_from_dict(cfg), resolve_preset(config_from_dict(cfg))[0])
     split = split_checkpoint(read_state_dict(base))
     parts = {"backbone.clip_model", "mask_adapter", "void_embedding"}
     if cfg["train"]["stage"] == "mixed":
@@ -75,6 +86,12 @@ def save_state(state: Mapping[str, torch.Tensor], path: PathLike, metadata: Opti
     else:
         raise ValueError(f"output file must end in .safetensors, .pth or .pt, got {path}")
     return path
+
+
+def write_model(checkpoint: PathLike, output: PathLike) -> Path:
+    """A complete official-layout model (:func:`export_state` ``full=True``) of ``checkpoint`` as safetensors."""
+    return save_state(export_state(checkpoint, full=True), output,
+                      metadata={"format": "pt", "producer": "maskadapter train", "source": Path(checkpoint).name})
 
 
 def fuse_checkpoints(stage1: PathLike, segmentor: PathLike, output: PathLike, base: Optional[PathLike] = None,

@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -30,15 +30,12 @@ from tqdm import tqdm
 
 from .. import distributed as dist_utils
 from ..checkpoint import CheckpointError
-from ..errors import WeightsUnavailableError
-from ..hub import resolve_weights
 from ..inference.preprocess import normalize_and_pad
-from ..modeling.build import build_model, default_architecture, load_preset
 from ..modeling.model import MaskAdapterModel
 from ..data.train_datasets import SegmentationTrain
+from ..fileio import atomic_write_text
 from ..modeling.text import TextClassifier
 from ..precision import resolve_precision
-from ..presets import PresetConfig
 from ..vocabulary import Vocabulary
 from .checkpointing import (
     CHECKPOINT_FORMAT,
@@ -61,13 +58,15 @@ from .data import (
 )
 from .evaluate import build_eval_set, evaluate_gt_masks
 from .feature_cache import CachedFeatures, FeatureCache, open_cache
+from .fuse import MODEL_FILE, write_model
+from .setup import build_training_model, resolve_preset, set_trainable
 from .losses import LossTerms, MaskAdapterLoss
 from .matcher import build_matcher
 from .optim import WarmupLRSchedule, build_optimizer
 from .targets import MaskBatch, mixed_targets, pad_masks, valid_masks, warmup_targets
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "build_training_model", "resolve_preset",
-           "trainable_state", "initial_weights"]
+           "trainable_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,78 +92,7 @@ class TrainResult:
     skipped_images: int
     seconds: float
     train_stats: dict[str, float] = dataclasses.field(default_factory=dict)  #: losses, lr of the last step
-
-
-# ---------------------------------------------------------------------------------------------- model
-def resolve_preset(config: TrainConfig) -> tuple[PresetConfig, Any]:
-    """The preset and architecture the config names (a released preset or a preset JSON file), with the
-    head sizes, the stage's generator and the CDT mode of the config applied."""
-
-    preset, arch = load_preset(config.model.preset)
-    arch = arch or default_architecture(preset)
-    if config.model.cdt_mode is not None:
-        if preset.cdt_mode is None:
-            raise ValueError(f"config key 'model.cdt_mode' is set but preset {preset.name!r} has no CDT "
-                             f"(only MAFT+ presets do)")
-        preset = dataclasses.replace(preset, cdt_mode=config.model.cdt_mode)
-    head = dataclasses.replace(arch.head, num_output_maps=config.model.num_output_maps,
-                               num_blocks=config.model.num_blocks)
-    generator = arch.generator if config.train.stage == "mixed" else None
-    if config.train.stage == "mixed" and generator is None:
-        raise ValueError(f"stage 'mixed' needs a mask generator, and preset {preset.name!r} has none")
-    return preset, dataclasses.replace(arch, head=head, generator=generator)
-
-
-def build_training_model(config: TrainConfig) -> tuple[MaskAdapterModel, PresetConfig]:
-    """The model of ``config`` (seeded by ``run.seed``), initial weights loaded, trainable parts unfrozen."""
-
-    preset, arch = resolve_preset(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.run.seed)
-        model = build_model(preset, arch)
-    if config.model.weights:
-        _load(model, initial_weights(config, preset), "model.weights", config.model.load_parts, require_all=False)
-    elif config.data.dataset != "synthetic":
-        logger.warning("model.weights is not set: CLIP%s start from random weights",
-                       " and the mask generator" if model.sem_seg_head is not None else "")
-    if config.model.adapter_weights:
-        _load(model, config.model.adapter_weights, "model.adapter_weights", ["mask_adapter"])
-    resolved = config.resolved(preset.generator)
-    set_trainable(model, resolved.train_void)
-    model.mask_adapter.grad_checkpoint = config.model.grad_checkpoint
-    return model, preset
-
-
-def initial_weights(config: TrainConfig, preset: PresetConfig) -> Optional[str]:
-    """The file of ``model.weights``: ``released`` is the preset's released checkpoint (downloaded once)."""
-    if config.model.weights != "released":
-        return config.model.weights
-    try:
-        return str(resolve_weights(preset))
-    except (FileNotFoundError, ValueError, WeightsUnavailableError) as exc:
-        raise type(exc)(f"config key 'model.weights' = released: {exc}") from exc
-
-
-def _load(model: MaskAdapterModel, path: str, key: str, parts: Optional[Sequence[str]], require_all: bool = True
-          ) -> None:
-    """Load ``parts`` of the checkpoint ``path`` (config key ``key``); errors name the key and the file."""
-    try:
-        model.load_official(path, parts=parts, require_all=require_all)
-    except CheckpointError as exc:  # same class: an UnsafeCheckpointError stays one
-        raise type(exc)(f"config key '{key}': {exc}") from exc
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"config key '{key}': {exc}") from exc
-    except ValueError as exc:
-        raise ValueError(f"config key '{key.replace('weights', 'load_parts')}': {exc}") from exc
-
-
-def set_trainable(model: MaskAdapterModel, train_void: bool) -> None:
-    """Freeze everything but the adapter (and the void embedding when ``train_void``)."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.mask_adapter.parameters():
-        p.requires_grad_(True)
-    model.void_embedding.weight.requires_grad_(train_void)
+    model_file: Optional[Path] = None  #: complete model for ``segment --weights`` (``run.export_model``)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -301,6 +229,7 @@ class Trainer:
         self.skipped_images = 0
         self.last_stats: dict[str, float] = {}
         self.eval_set = None
+        self.model_file: Optional[Path] = None  #: the complete model written at the end (``run.export_model``)
         self._writer = None
         if self._eval_enabled():  # fail now, not after hours of training, if the evaluation data is missing
             self._eval_setup()
@@ -440,6 +369,7 @@ class Trainer:
                     if self._eval_enabled():
                         self.evaluate_and_select()
                     last = self.save_checkpoint()
+                    self.model_file = self._write_model(last)
                 elif (self.output_dir / "last.pt").is_file():  # resumed a finished run: nothing to do
                     last = self.output_dir / "last.pt"
         finally:
@@ -449,7 +379,19 @@ class Trainer:
         if self.skipped_images and self.is_main:
             logger.warning("%d training images had no usable mask and were skipped", self.skipped_images)
         return TrainResult(self.iteration, self.output_dir, last, self.best_metric, dict(self.last_metrics),
-                           self.skipped_images, time.perf_counter() - start_time, dict(self.last_stats))
+                           self.skipped_images, time.perf_counter() - start_time, dict(self.last_stats),
+                           self.model_file)
+
+    def _write_model(self, last: Path) -> Optional[Path]:
+        """``model.safetensors`` of the best checkpoint (else ``last``) and ``classes.txt`` (rank 0)."""
+        if not (self.is_main and self.config.run.export_model):
+            return None
+        best = self.output_dir / "best.pt"
+        path = write_model(best if best.is_file() else last, self.output_dir / MODEL_FILE)
+        classes = Vocabulary.coerce(self.vocabulary).classes
+        atomic_write_text(self.output_dir / "classes.txt", "".join("|".join(syns) + "\n" for syns in classes))
+        logger.info("complete model %s (segment --weights %s)", path, path)
+        return path
 
     def _log(self, stats: dict[str, float]) -> None:
         if not self.is_main:
