@@ -10,7 +10,6 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,7 +28,7 @@ from maskadapter.inference.runstore import config_differences, merge_outputs, ru
 from maskadapter.presets import get_preset
 from maskadapter.vocabulary import Vocabulary
 
-from conftest import count_model_calls, write_tiny_checkpoint, write_tiny_preset
+from conftest import count_model_calls, write_tiny_checkpoint
 
 VOCAB = "cat, sofa|couch, sky"
 OPTIONS = BatchOptions(workers=0, progress=False)

@@ -259,3 +259,162 @@ def test_summary_shows_downscaled_output_and_warnings_keep_off_the_bar(setup, tm
     assert "segment:" in proc.stderr  # the bar was drawn
     for line in warnings:  # each warning on a line of its own: what follows the bar's last redraw
         assert line.rsplit("\r", 1)[-1].startswith("WARNING maskadapter.inference.predictor: output maps")
+
+
+# ------------------------------------------------------------------------------------------- hostile inputs
+def _tree(folder: Path, skip: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` outside ``skip``, with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and skip not in p.parents}
+
+
+def test_outputs_stay_inside_the_output_folder_for_every_route(setup, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    (work / "a").mkdir(parents=True)
+    for name in ("x.jpg", "y.jpg", "z.jpg"):
+        save(tmp_path / name, 24, 32)
+    monkeypatch.chdir(work)
+    Path("ann.json").write_text(json.dumps({"images": [{"id": 5, "file_name": "../x.jpg"}]}))
+    Path("list.txt").write_text("../y.jpg\n")
+    out = tmp_path / "out"
+    before = _tree(tmp_path, out)
+    routes = [("--images-json", "ann.json"), ("--images-json", "ann.json", "--image-root", "."),
+              ("--image-list", "list.txt"), ("*/../../z.jpg",)]
+    for i, route in enumerate(routes):
+        inputs = [route[0]] if len(route) == 1 else []
+        assert run(setup, inputs, out / str(i), *route[len(inputs):]) == 0
+    assert _tree(tmp_path, out) == before  # nothing written next to the inputs
+    assert [sorted(p.name for p in (out / str(i)).glob("*.json") if p.name != "manifest.json")
+            for i in range(4)] == [["x.json"], ["x.json"], ["y.json"], ["z.json"]]
+    # COCO: the semantic and panoptic PNGs of such an input are two files inside -o
+    assert run(setup, [], out / "coco", "--images-json", "ann.json", "--format", "coco", "--task", "panoptic") == 0
+    semantic, panoptic = out / "coco" / "semantic" / "x.png", out / "coco" / "panoptic" / "x.png"
+    with Image.open(semantic) as sem, Image.open(panoptic) as pan:
+        assert sem.mode == "L" and pan.mode == "RGB"
+    assert _tree(tmp_path, out) == before
+
+
+def test_a_link_inside_the_output_folder_never_leads_outside(setup, tmp_path, capsys):
+    data, other = tmp_path / "data", tmp_path / "other"
+    save(other / "settings.jpg", 24, 32)
+    (other / "settings.json").write_text('{"mine": true}')
+    data.mkdir()
+    (data / "link").symlink_to(other, target_is_directory=True)
+    ann = data / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "link/settings.jpg"}]}))
+    assert run(setup, [], data, "--images-json", str(ann)) == 1
+    err = capsys.readouterr().err
+    assert "leads outside the output folder" in err and "symbolic link" in err
+    assert (other / "settings.json").read_text() == '{"mine": true}'
+    assert sorted(p.name for p in other.iterdir()) == ["settings.jpg", "settings.json"]
+
+
+def test_segmenting_into_the_input_folder_keeps_inputs_and_skips_own_outputs(setup, tmp_path, monkeypatch, capsys):
+    p = tmp_path / "p"
+    save(p / "cat.jpg", 24, 32)
+    save(p / "cat_labels.png", 20, 20, seed=3)  # the user's own file
+    mine = (p / "cat_labels.png").read_bytes()
+    calls = count_model_calls(monkeypatch)
+    assert run(setup, [f"{p}/*"], p) == 0 and len(calls) == 2
+    assert "cat_labels.png is an input image" in capsys.readouterr().err
+    assert (p / "cat_labels.png").read_bytes() == mine and (p / "cat_2_labels.png").is_file()
+    assert run(setup, [f"{p}/*"], p) == 0 and len(calls) == 2  # nothing new: its own outputs are no inputs
+    captured = capsys.readouterr()
+    assert "written by an earlier run into the output folder skipped" in captured.err
+    assert "2 images: 2 segmented (0 now, 2 done before)" in captured.out
+    assert (p / "cat_labels.png").read_bytes() == mine
+
+
+def test_long_file_names_never_stop_a_run(setup, tmp_path, capsys):
+    src = tmp_path / "in"
+    names = ["b" * 226 + ".png", "c" * 240 + ".png", "a.png"]  # 230 and 244 bytes
+    for i, name in enumerate(names):
+        save(src / name, 20 + i, 24)
+    out = tmp_path / "out"
+    assert run(setup, [src], out) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["ok"] == 3
+    keys = [e["key"] for e in manifest["images"]]
+    assert all(len(k.encode()) <= 160 for k in keys) and "a" in keys
+    assert run(setup, [src], out) == 0 and "3 images: 3 segmented (0 now, 3 done before)" in capsys.readouterr().out
+
+
+def test_a_folder_where_an_output_goes_is_named_and_avoided(setup, tmp_path, capsys):
+    save(tmp_path / "in" / "x.jpg", 24, 32)
+    out = tmp_path / "out"
+    (out / "x_labels.png").mkdir(parents=True)
+    assert run(setup, [tmp_path / "in"], out) == 0
+    err = capsys.readouterr().err
+    assert f"{out.resolve() / 'x_labels.png'} is a folder" in err
+    assert (out / "x_2_labels.png").is_file() and (out / "x_labels.png").is_dir()
+
+
+def test_recursive_lists_linked_folders(setup, tmp_path, capsys):
+    save(tmp_path / "in" / "top.png", 20, 20)
+    save(tmp_path / "far" / "x.png", 20, 20)
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "far", target_is_directory=True)
+    assert run(setup, [tmp_path / "in"], tmp_path / "out", "--recursive") == 0
+    err = capsys.readouterr().err
+    assert "1 link(s) to folders not entered" in err and str(tmp_path / "in" / "link") in err
+
+
+def test_adding_an_image_never_renames_earlier_outputs(setup, tmp_path, capsys):
+    photo = save(tmp_path / "photo.jpg", 24, 32)
+    out = tmp_path / "out"
+    assert run(setup, [photo], out) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("photo*")}
+    assert sorted(first) == ["photo.json", "photo_labels.png", "photo_overlay.png"]
+    more = save(tmp_path / "more_photos" / "photo.png", 30, 20)
+    assert run(setup, [photo, more], out) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("photo*") if p.name in first} == first
+    assert not list(out.glob("photo_jpg*")) and size_of(out / "photo_png_labels.png") == (30, 20)
+
+
+def test_instance_shares_stay_within_the_image(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(setup, [setup[3]], out, "--task", "instance") == 0
+    printed = capsys.readouterr().out
+    data = json.loads((out / "a.json").read_text())
+    total = data["height"] * data["width"]
+    summed: dict = {}
+    for inst in data["instances"]:
+        summed[inst["label"]] = summed.get(inst["label"], 0) + inst["area"]
+    assert max(summed.values()) > total  # overlapping instances: a sum of their areas would pass 100%
+    top = json.loads((out / "records" / "a.json").read_text())["top"]
+    assert top and all(0 < share <= 1 for _, share in top)
+    shares = [int(s[:-1]) for line in printed.splitlines() if line.startswith(("a.png", "b.jpg"))
+              for s in line.split() if s.endswith("%")]
+    assert shares and max(shares) <= 100
+
+
+_PRECHECK = """
+import json, sys
+from maskadapter.cli import main
+rows = []
+for case, out in json.loads(sys.argv[1]):
+    code = main(["segment", *case, "-o", out, "--workers", "0", "--quiet"])
+    rows.append([code, "torch" in sys.modules, __import__("os").path.exists(out)])
+print(json.dumps(rows))
+"""
+
+
+def test_checks_come_before_torch_and_before_the_output_folder(setup, tmp_path):
+    root, preset_file, weights, images = setup
+    (tmp_path / "notes.txt").write_text("no image")
+    model = ["--preset", str(preset_file), "--weights", str(weights), "--vocab", "cat, dog"]
+    cases = {
+        "unknown preset 'nope'": [str(images), "--vocab", "cat", "--preset", "nope"],
+        "no such image or folder": [str(images / "missing.png"), *model],
+        "--device must be cpu, cuda or cuda:N": [str(images), *model, "--device", "gpu0"],
+        "--precision fp16 needs a CUDA device": [str(images), *model, "--device", "cpu", "--precision", "fp16"],
+        "notes.txt is not an image": [str(tmp_path / "notes.txt"), *model],
+        "--adapter-only has no mask generator": [str(images), *model, "--adapter-only"],
+    }
+    runs = [[case, str(tmp_path / f"out{i}")] for i, case in enumerate(cases.values())]
+    proc = subprocess.run([sys.executable, "-c", _PRECHECK, json.dumps(runs)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=300)
+    rows = json.loads(proc.stdout.splitlines()[-1])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(cases)
+    for (message, _), error, (code, torch_loaded, out_exists) in zip(cases.items(), errors, rows):
+        assert message in error and code == 1 and not torch_loaded and not out_exists, (message, error)

@@ -29,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from .. import __version__
 from ..fileio import JsonSpool, atomic_path, atomic_write_json, remove_stale_temporaries, write_json_with_arrays
@@ -204,8 +204,7 @@ class RunStore:
         record = {**_base(item, run_id), "status": "error", "stage": stage, "error": message}
         atomic_write_json(self.record(item.key), record, indent=None)
 
-    def read(self, item: ImageItem, run_id: str, verify: bool = True,
-             warn: Callable[[str], None] = logger.warning) -> Optional[dict]:
+    def read(self, item: ImageItem, run_id: str, verify: bool = True) -> Optional[dict]:
         """The record of ``item`` from this run: None when absent, of another run or input, damaged (with a
         warning), or (``verify``) when an output is missing or changed since it was written."""
         path = self.record(item.key)
@@ -215,13 +214,13 @@ class RunStore:
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            warn(f"warning: record {path} is unreadable ({exc}): {item.name} is segmented again")
-            return None
-        if not isinstance(record, dict) or record.get("run") != run_id or record.get("file_name") != item.name:
-            return None
-        problem = self._problem(item, record, verify)
-        if problem:
-            warn(f"warning: record {path} {problem}: {item.name} is segmented again")
+            problem: Optional[str] = f"is unreadable ({exc})"
+        else:
+            if not isinstance(record, dict) or record.get("run") != run_id or record.get("file_name") != item.name:
+                return None
+            problem = self._problem(item, record, verify)
+        if problem:  # one message text, so the CLI shows the first few of a million
+            logger.warning("record %s %s: %s is segmented again", path, problem, item.name)
             return None
         return record
 
