@@ -9,10 +9,12 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from PIL import Image
 from maskadapter.cli import main
 from maskadapter.data.vocabularies import builtin_vocabulary
 from maskadapter.demo import (CLICK_TABLE_HEADERS, OWNER_FILE, READY_VOCABULARIES, SAM_HELP, TABLE_HEADERS,
-                              SamTools, click_request, everything_request, make_example_images, make_work_dir,
+                              WORK_PREFIX, SamTools, click_request, everything_request, make_example_images, make_work_dir,
                               ready_vocabulary_of, remove_stale_work_dirs, require_gradio, segment_request,
                               vocabulary_text)
 from maskadapter.modeling.generators.sam import SamMaskGenerator, SamPromptPredictor
@@ -183,6 +185,51 @@ def test_segment_request_readable_failures(model, predictor, image_file, tmp_pat
     assert "Traceback" not in status and not out_dir.exists()
 
 
+def test_limits_are_checked_before_any_work(predictor, tmp_path, monkeypatch):
+    # a 12000 x 12000 PNG (a few hundred KB) was decoded (+1.4 GB, 9 s) before being refused; a 12k-character
+    # vocabulary held the page's queue for 52 s: every limit is checked before decoding or encoding anything
+    import maskadapter.demo.requests as requests
+    import maskadapter.images
+
+    big = tmp_path / "huge.png"
+    Image.new("1", (12000, 12000)).save(big)
+    assert big.stat().st_size < 2_000_000
+    monkeypatch.setattr(maskadapter.images, "_pil_to_array", lambda *a: pytest.fail("the image was decoded"))
+    predictor = type("Refusing", (), {"max_image_pixels": predictor.max_image_pixels,  # limit 100 MP, as released
+                                      "predict": lambda *a, **k: pytest.fail("the model ran")})()
+    status = segment_request(predictor, str(big), VOCAB, "semantic", output_dir=tmp_path / "out")[4]
+    assert status.startswith("error: ") and "12000x12000" in status and "100000000" in status, status
+    long_text = ", ".join(f"class number {i}" for i in range(800))  # 12k characters
+    status = segment_request(predictor, str(big), long_text, "semantic")[4]
+    assert f"over the demo's limit of {requests.MAX_VOCABULARY_CHARS}" in status, status
+    many = ", ".join(f"c{i}" for i in range(requests.MAX_VOCABULARY_NAMES + 1))
+    assert len(many) <= requests.MAX_VOCABULARY_CHARS
+    status = segment_request(predictor, str(big), many, "semantic")[4]
+    assert f"{requests.MAX_VOCABULARY_NAMES + 1} class names and synonyms" in status, status
+    monkeypatch.setattr(requests, "MAX_UPLOAD_BYTES", 1000)
+    status = segment_request(predictor, str(big), VOCAB, "semantic")[4]
+    assert "over the demo's upload limit" in status, status
+    assert not (tmp_path / "out").exists()
+    # the ready vocabularies stay within the limits
+    for label in READY_VOCABULARIES:
+        text = vocabulary_text(label)
+        vocab = Vocabulary.parse(text)
+        assert len(text) <= requests.MAX_VOCABULARY_CHARS
+        assert sum(len(c) for c in vocab.classes) <= requests.MAX_VOCABULARY_NAMES
+
+
+def test_overlay_legend_keeps_clear_of_the_image_buttons(predictor, image_file, tmp_path, monkeypatch):
+    # gradio draws its download / full-screen buttons over the top-right corner: a legend there was cut off
+    import maskadapter.demo.requests as requests
+
+    seen = []
+    overlay_image = requests.overlay_image
+    monkeypatch.setattr(requests, "overlay_image", lambda *a, **k: seen.append(k) or overlay_image(*a, **k))
+    assert segment_request(predictor, str(image_file), VOCAB, "semantic", output_dir=tmp_path)[0] is not None
+    corners = seen[0]["legend_corners"]
+    assert "top-right" not in corners and set(corners) <= {"top-left", "bottom-left", "bottom-right"}
+
+
 def test_ready_vocabularies_round_trip():
     for label, name in READY_VOCABULARIES.items():
         vocab = Vocabulary.parse(vocabulary_text(label))
@@ -262,8 +309,6 @@ def test_ready_vocabulary_follows_the_text():
 
 
 def test_stale_work_folders_of_ended_runs_are_removed(tmp_path):
-    import subprocess
-
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(ended.stdout)
     folders = {name: tmp_path / f"maskadapter-demo-{name}" for name in ("dead", "alive", "orphan-old", "orphan-new",
@@ -328,6 +373,51 @@ def test_build_demo_page_function(predictor, image_file, monkeypatch):
     assert segment.fn(None, VOCAB, "semantic")[4].startswith("error: no image")
     with pytest.raises(FileNotFoundError, match="example image not found"):
         build_demo(predictor, examples=["/no/such/image.png"])
+
+
+def test_gradio_upload_cache_lives_in_the_work_folder(predictor, monkeypatch, tmp_path):
+    # gradio's own cache (193 MB after a few requests) stayed in /tmp/gradio across restarts
+    gr = _gradio()
+    from gradio.utils import get_upload_folder
+
+    from maskadapter.demo import build_demo
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    demo = build_demo(predictor, examples=[])
+    cache = Path(get_upload_folder())
+    work = cache.parent
+    assert work.name.startswith(WORK_PREFIX) and (work / OWNER_FILE).read_text() == str(os.getpid())
+    images = [b for b in demo.blocks.values() if isinstance(b, gr.Image)]
+    assert images and all(Path(b.GRADIO_CACHE) == cache for b in images)
+    assert tuple(demo.delete_cache) == (600, 3600)  # a long session sweeps files older than an hour
+    # the work folder of an ended run goes, gradio's cache with it
+    (cache / "upload").mkdir(parents=True)
+    (cache / "upload" / "photo.png").write_bytes(b"x")
+    (work / OWNER_FILE).write_text("999999999")
+    assert work in remove_stale_work_dirs(work.parent) and not cache.exists()
+    # a GRADIO_TEMP_DIR the user chose is kept
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "mine"))
+    build_demo(predictor, examples=[])
+    assert get_upload_folder() == str(tmp_path / "mine")
+
+
+def test_cli_demo_checks_before_importing_torch_or_gradio(tmp_path):
+    # offline without the weights, the error took 11-18 s: gradio and torch were imported first
+    probe = ("import sys\nfrom maskadapter.cli import main\ncode = main(sys.argv[1:])\n"
+             "print('exit', code, 'torch' in sys.modules, 'gradio' in sys.modules)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    cases = [(["demo"], "fcclip_convnext_large_maskadapter.pth"),
+             (["demo", "--preset", "nope"], "unknown preset 'nope'"),
+             (["demo", "--preset", "maftp-base", "--weights", str(tmp_path / "no.pth")], "--weights file not found"),
+             (["demo", "--sam-checkpoint", str(tmp_path / "sam.pth")], "--sam-checkpoint file not found"),
+             (["demo", "--generator", "sam"], "--generator sam needs --sam-checkpoint"),
+             (["demo", "--device", "cpu", "--precision", "fp16"], "fp16 needs a CUDA device"),
+             (["demo", "--weights", __file__, "--examples", str(tmp_path / "none")], "--examples folder not found")]
+    for argv, expected in cases:
+        proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120,
+                              env=env)
+        assert proc.stdout.split() == ["exit", "1", "False", "False"], (argv, proc.stdout, proc.stderr)
+        assert expected in proc.stderr and proc.stderr.count("error:") == 1, (argv, proc.stderr)
 
 
 def test_build_demo_unexpected_failure_is_a_short_page_error(image_file, caplog):
@@ -472,7 +562,8 @@ def test_cli_demo_loads_sam_once_for_both_tabs(preset_files, tmp_path, monkeypat
                  "--device", "cpu", "--sam-checkpoint", str(sam_file), "--sam-backend", "sam", "--generator", "sam"])
     assert code == 0 and len(loads) == 1 and loads[0][:2] == (str(sam_file), "sam")
     predictor, sam = built[0]
-    assert sam is not None and predictor.mask_generator is sam.generator  # --generator sam: the same network
+    assert sam is not None  # --generator sam: the same network
+    assert getattr(predictor.mask_generator, "proposer", predictor.mask_generator) is sam.generator
 
 
 def test_cli_demo_adapter_only(preset_files, model, tmp_path, monkeypatch, capsys):
@@ -550,11 +641,16 @@ def served(model, tmp_path_factory):
                 stats["active"] -= 1
                 stats["ends"].append(time.monotonic())
 
-    predictor.predict = tracked
+    class Tracked:  # the Predictor is immutable: a stand-in that counts its predict calls
+        def __getattr__(self, name):
+            return getattr(predictor, name)
+
+        predict = staticmethod(tracked)
+
     cwd = tmp_path_factory.mktemp("demo-cwd")
     old_cwd = os.getcwd()
     os.chdir(cwd)
-    demo = build_demo(predictor, sam=fake_sam_tools(tmp_path_factory.mktemp("demo-sam")))
+    demo = build_demo(Tracked(), sam=fake_sam_tools(tmp_path_factory.mktemp("demo-sam")))
     port = _free_port()
     try:
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -622,6 +718,11 @@ def test_browser_segment_upload(served, browser, tmp_path):
     assert "Mask-Adapter" in page.title()
     page.locator("#input-image input[type=file]").set_input_files(street)
     page.wait_for_selector("#input-image img", timeout=10_000)
+    # gradio keeps the upload in the page's work folder (removed with it), not in a shared /tmp/gradio
+    from gradio.utils import get_upload_folder
+
+    uploads = list(Path(get_upload_folder()).rglob("street.png"))
+    assert uploads and Path(get_upload_folder()).parent.name.startswith(WORK_PREFIX)
     page.locator("#vocabulary textarea").fill("sky, building|house, road, tree, car")
     page.locator("#task").get_by_label("instance").check()
     page.locator("#task").get_by_label("semantic").check()

@@ -83,8 +83,8 @@ _CACHE_PROBE = """
 import json, sys
 from maskadapter import Predictor
 p = Predictor.from_checkpoint(sys.argv[1], sys.argv[2], precision="fp32")
-p.predict(sys.argv[3], "cat, sofa|couch, sky, road", tasks=["semantic"])
-print(json.dumps({"encoded": p.text_classifier.encoded_prompts, "text_s": p.timings["text"]}))
+r = p.predict(sys.argv[3], "cat, sofa|couch, sky, road", tasks=["semantic"])
+print(json.dumps({"encoded": p.text_classifier.encoded_prompts, "text_s": r.timings["text"]}))
 """
 
 
@@ -168,6 +168,9 @@ def test_offline_fails_fast_without_retries(monkeypatch):
     message = str(info.value)
     assert "maftp_convnext_base_maskadapter.pth" in message and "--weights" in message and "https://" in message
     assert "cannot resolve huggingface.co" in message
+    # the file's own address (curl gets the file), not the hub's web page about it (curl would get HTML)
+    assert "https://huggingface.co/owl10/Mask-Adapter/resolve/main/maftp_convnext_base_maskadapter.pth" in message
+    assert "/blob/" not in message
 
 
 def test_hf_hub_offline_and_cached_files(monkeypatch, tmp_path):
@@ -210,13 +213,13 @@ def test_timings_describe_the_last_call_and_read_only_arrays_are_silent(tiny):
     assert not image.flags.writeable
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        p.predict(image, "cat, dog", tasks=["semantic"])
-        assert {"preprocess", "text", "backbone", "generator", "adapter", "postprocess"} <= set(p.timings)
+        result = p.predict(image, "cat, dog", tasks=["semantic"])
+        assert {"preprocess", "text", "backbone", "generator", "adapter", "postprocess"} <= set(result.timings)
         masks = np.zeros((2, 48, 64), bool)
         masks[0, :24] = masks[1, 24:] = True
         masks.setflags(write=False)
-        p.classify_masks(image, masks, "cat, dog")
-    assert set(p.timings) == {"preprocess", "text", "adapter", "postprocess"}  # the last call only
+        classified = p.classify_masks(image, masks, "cat, dog")
+    assert set(classified.timings) == {"preprocess", "text", "adapter", "postprocess"}  # this call's stages only
 
 
 def test_with_options_shares_the_model_and_leaves_the_original_alone(tiny):
@@ -228,3 +231,42 @@ def test_with_options_shares_the_model_and_leaves_the_original_alone(tiny):
         p.with_options(colour="red")
     with pytest.raises(ValueError, match="precision must be one of"):
         p.with_options(precision="fp64")
+
+
+# ----------------------------------------------------------------------------- small frictions
+def test_instances_repr_is_a_summary_not_the_rle_data():
+    from maskadapter.inference.instances import Instances
+
+    masks = torch.zeros(30, 400, 600, dtype=torch.bool)
+    for k in range(30):
+        masks[k, 10 * k:10 * k + 90, ::3] = True  # striped: long RLE strings
+    inst = Instances.from_masks(masks, torch.linspace(0.2, 0.9, 30), torch.arange(30) % 3)
+    text = repr(inst)
+    assert len(text) < 200 and inst.rles[0]["counts"][:20] not in text
+    assert text.startswith("Instances(30 masks of 400x600") and "0: 10, 1: 10, 2: 10" in text
+    assert "Instances(0 masks" in repr(Instances.from_masks(torch.zeros(0, 4, 4, dtype=torch.bool), torch.zeros(0),
+                                                            torch.zeros(0, dtype=torch.long)))
+
+
+def test_training_runs_folder_is_ignored_by_git(tmp_path):
+    # the README's training commands write runs/ in the clone
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git clone")
+    proc = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "runs/syn/last.pt"], timeout=60)
+    assert proc.returncode == 0
+
+
+def test_checkpoint_errors_read_as_one_line_without_stray_colons(tiny, tmp_path):
+    from maskadapter.checkpoint import read_state_dict
+    from maskadapter.cli import _one_line
+    from maskadapter.errors import CheckpointError
+
+    state = read_state_dict(tiny["weights"])
+    partial = tmp_path / "partial.pth"
+    torch.save({"model": {k: v for k, v in state.items() if ".predictor." not in k}}, partial)
+    with pytest.raises(CheckpointError) as info:
+        Predictor.from_checkpoint(partial, tiny["preset"], precision="fp32", text_cache_dir=False)
+    line = _one_line(info.value)
+    assert "\n" not in line and "does not fit preset" in line and "missing keys" in line
+    assert ":;" not in line and ": ;" not in line, line
+    assert _one_line(ValueError("a:\n  b\n\n c")) == "a: b; c"

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from .errors import WeightsUnavailableError
 from .presets import HUB_REPO, PresetConfig
 
-__all__ = ["WeightsUnavailableError", "resolve_weights"]
+__all__ = ["WeightsUnavailableError", "resolve_weights", "weights_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,14 @@ def resolve_weights(preset: PresetConfig, weights: Optional[Union[str, os.PathLi
         raise _unavailable(preset, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
+def weights_url(preset: PresetConfig) -> str:
+    """The direct download address of the preset's checkpoint (the file itself, not the hub's web page of it)."""
+    return f"https://huggingface.co/{HUB_REPO}/resolve/main/{preset.weights_file}"
+
+
 def _unavailable(preset: PresetConfig, reason: str) -> WeightsUnavailableError:
-    url = f"https://huggingface.co/{HUB_REPO}/blob/main/{preset.weights_file}"
+    url = weights_url(preset)
     return WeightsUnavailableError(
         f"preset {preset.name!r} needs {preset.weights_file} from the Hugging Face repo {HUB_REPO}, which could not "
-        f"be downloaded ({reason}). Download it on a machine with internet ({url}) and pass it with --weights PATH "
-        f"(CLI) or Predictor.from_checkpoint(PATH, {preset.name!r}).")
+        f"be downloaded ({reason}). Download it on a machine with internet (curl -LO {url}) and pass it with "
+        f"--weights PATH (CLI) or Predictor.from_checkpoint(PATH, {preset.name!r}).")

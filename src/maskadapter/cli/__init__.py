@@ -58,4 +58,9 @@ def main(argv: Optional[Sequence[str]] = None, commands: Sequence = COMMANDS) ->
 
 
 def _one_line(exc: BaseException) -> str:
-    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    """A multi-line message on one line: lines joined by "; ", except after a line that ends with ":"."""
+    text = ""
+    for line in (part.strip() for part in str(exc).splitlines()):
+        if line:
+            text += ("" if not text else " " if text.endswith(":") else "; ") + line
+    return text

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..constants import IMAGE_SUFFIXES
-from .common import add_model_arguments, build_predictor
+from .common import add_model_arguments, build_predictor, check_model_arguments
 
 __all__ = ["register", "run_demo"]
 
@@ -36,14 +36,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Check gradio, load the model (errors such as missing weights end here, in the terminal), serve the page."""
-    from ..demo import SamTools, build_demo, require_gradio
+    """Check the options, gradio and the weights at once (before torch and gradio are imported: seconds), load
+    the model (its errors end here, in the terminal), serve the page."""
+    from ..demo.dependencies import check_gradio
 
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry nor version check from gradio
-    require_gradio()  # before the model load: a missing extra is reported at once
+    check_gradio()
     if args.adapter_only and not args.sam_checkpoint:
         raise ValueError("--adapter-only has no mask decoder: give --sam-checkpoint PATH to segment with SAM")
+    check_model_arguments(args)  # offline without the weights: the message comes now, not after the imports
     examples, allowed = _examples(args.examples)
+    from ..demo import MAX_UPLOAD_BYTES, SamTools, build_demo, require_gradio
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry nor version check from gradio
+    require_gradio()
     print(f"loading model (preset {args.preset}) ...", file=sys.stderr)
     start = time.perf_counter()
     predictor, sam = _load(args, SamTools)
@@ -60,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> int:
         # share=False, not None: gradio would otherwise read GRADIO_SHARE and open a public link; quiet: its
         # own banner (and its share=True hint) would repeat or contradict the lines above
         demo.launch(server_name=args.host, server_port=args.port, allowed_paths=allowed, inbrowser=False,
-                    show_error=False, share=False, quiet=True)
+                    show_error=False, share=False, quiet=True, max_file_size=MAX_UPLOAD_BYTES)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
@@ -69,19 +74,16 @@ def run_demo(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, tools: Any) -> tuple[Any, Optional[Any]]:
     """The Predictor and, with --sam-checkpoint, the SAM tools: one SAM network serves the SAM tab (prompts and
     everything) and, with --generator sam, the Segment tab."""
-    if args.adapter_only and not args.sam_checkpoint:
-        raise ValueError("--adapter-only has no mask decoder: give --sam-checkpoint PATH to segment with SAM")
     sam = None
     if args.sam_checkpoint:
         from ..distributed import resolve_device
 
         sam = tools.load(args.sam_checkpoint, args.sam_backend, args.sam_model, resolve_device(args.device))
-    elif args.generator == "sam":
-        raise ValueError("--generator sam needs --sam-checkpoint PATH")
-    # the predictor without SAM (loaded above, once), then given its SAM parts
+    # the predictor without SAM (loaded above, once), then given SAM's automatic masks (the SAM tab takes its
+    # prompt model from the SAM tools)
     predictor = build_predictor(argparse.Namespace(**{**vars(args), "sam_checkpoint": None, "generator": "preset"}))
-    if sam is not None:
-        predictor = predictor.with_sam(sam.generator if args.generator == "sam" else None, sam.prompts)
+    if sam is not None and args.generator == "sam":
+        predictor = predictor.with_mask_source(sam.generator)
     return predictor, sam
 
 

@@ -8,26 +8,45 @@ no gradio and are tested directly. The SAM tab (click to segment, or segment eve
 checkpoint (:class:`SamTools`); without one it says how to enable it.
 
 Files: every run works in a ``maskadapter-demo-*`` folder of the system's temporary directory holding an
-``owner.pid`` file; a later start removes the folders whose owner process has ended (a killed earlier run).
-Every file is written atomically (:mod:`maskadapter.fileio`).
+``owner.pid`` file, gradio's upload cache included; a later start removes the folders whose owner process has
+ended (a killed earlier run). Every file is written atomically (:mod:`maskadapter.fileio`).
+
+The names below load on first use, so ``maskadapter demo`` checks its options and gradio (:mod:`.dependencies`)
+before torch and gradio are imported.
 """
 
-from .page import DEMO_INSTALL_HINT, SAM_HELP, build_demo, require_gradio
-from .requests import (
-                       CLICK_TABLE_HEADERS,
-                       READY_VOCABULARIES,
-                       TABLE_HEADERS,
-                       SamTools,
-                       click_request,
-                       everything_request,
-                       make_example_images,
-                       ready_vocabulary_of,
-                       segment_request,
-                       vocabulary_text,
-)
-from .workdir import OWNER_FILE, WORK_PREFIX, make_work_dir, remove_stale_work_dirs
+from __future__ import annotations
 
-__all__ = ["segment_request", "click_request", "everything_request", "build_demo", "SamTools", "READY_VOCABULARIES",
-           "vocabulary_text", "ready_vocabulary_of", "make_example_images", "TABLE_HEADERS", "CLICK_TABLE_HEADERS",
-           "DEMO_INSTALL_HINT", "SAM_HELP", "require_gradio", "make_work_dir", "remove_stale_work_dirs",
-           "OWNER_FILE", "WORK_PREFIX"]
+import importlib
+from typing import Any
+
+#: public name -> module of this package that defines it
+_EXPORTS: dict[str, str] = {
+    "build_demo": "page", "SAM_HELP": "page",
+    "DEMO_INSTALL_HINT": "dependencies", "require_gradio": "dependencies", "check_gradio": "dependencies",
+    "gradio_installed": "dependencies",
+    "segment_request": "requests", "click_request": "requests", "everything_request": "requests",
+    "SamTools": "requests", "READY_VOCABULARIES": "requests", "vocabulary_text": "requests",
+    "ready_vocabulary_of": "requests", "make_example_images": "requests", "TABLE_HEADERS": "requests",
+    "CLICK_TABLE_HEADERS": "requests", "MAX_UPLOAD_BYTES": "requests", "MAX_VOCABULARY_CHARS": "requests",
+    "make_work_dir": "workdir", "remove_stale_work_dirs": "workdir", "OWNER_FILE": "workdir",
+    "WORK_PREFIX": "workdir",
+}
+_SUBMODULES = ("dependencies", "page", "requests", "workdir")
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

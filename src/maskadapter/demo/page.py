@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional, Sequence
 
+from .dependencies import require_gradio
 from .requests import (
     _TASK_OUTPUTS,
     CLICK_TABLE_HEADERS,
@@ -26,13 +27,12 @@ from .requests import (
     segment_request,
     vocabulary_text,
 )
-from .workdir import _request_dir, make_work_dir, remove_stale_work_dirs
+from .workdir import _request_dir, keep_gradio_files_in, make_work_dir, remove_stale_work_dirs
 
 logger = logging.getLogger(__name__)
 
+_DELETE_CACHE = (600, 3600)  # gradio's cache sweep: every 10 minutes, the files older than an hour
 
-DEMO_INSTALL_HINT = "pip install 'maskadapter[demo]'"
-#: The ready vocabularies offered on the page: display name -> built-in vocabulary.
 
 SAM_HELP = ("SAM is not loaded. Start the demo with a SAM or SAM 2 checkpoint to click on objects (SAM segments "
             "them, Mask-Adapter names them) or segment everything:\n\n"
@@ -41,15 +41,6 @@ SAM_HELP = ("SAM is not loaded. Start the demo with a SAM or SAM 2 checkpoint to
             "    maskadapter demo --sam-checkpoint sam2.1_hiera_large.pt --sam-backend sam2\n\n"
             "Checkpoints: the SAM / SAM 2 releases of facebookresearch (the model type is read from the released "
             "file name; --sam-model names it otherwise).")
-
-
-def require_gradio() -> ModuleType:
-    """The gradio module, or an ImportError saying how to install the demo extra."""
-    try:
-        import gradio
-    except ImportError as exc:
-        raise ImportError(f"the demo needs gradio, which is not installed: {DEMO_INSTALL_HINT}") from exc
-    return gradio
 
 
 def build_demo(predictor: Any, examples: Optional[Sequence[Any]] = None, title: str = "Mask-Adapter",
@@ -65,6 +56,7 @@ def build_demo(predictor: Any, examples: Optional[Sequence[Any]] = None, title: 
     given = _example_rows(examples) if examples is not None else None  # bad paths fail before any file is made
     remove_stale_work_dirs()
     work = make_work_dir()
+    keep_gradio_files_in(work)  # before any component is made: each reads the cache folder when created
     example_rows = _example_rows(make_example_images(work / "examples")) if given is None else given
     segment_fn = _guarded(gr, segment_request, "segmentation")
     click_fn, everything_fn = _guarded(gr, click_request, "SAM"), _guarded(gr, everything_request, "SAM")
@@ -95,7 +87,8 @@ def build_demo(predictor: Any, examples: Optional[Sequence[Any]] = None, title: 
     adapter_only = getattr(getattr(predictor, "model", None), "sem_seg_head", "?") is None
     adapter_only = adapter_only and getattr(predictor, "mask_generator", None) is None
     model_kw = dict(concurrency_limit=1, concurrency_id="model")
-    with gr.Blocks(title=f"{title} demo", analytics_enabled=False) as demo:
+    # delete_cache: uploads and outputs older than an hour leave gradio's cache during a long session
+    with gr.Blocks(title=f"{title} demo", analytics_enabled=False, delete_cache=_DELETE_CACHE) as demo:
         gr.Markdown(_header(title, predictor, sam))
         with gr.Row():
             ready = gr.Dropdown(["custom"] + list(READY_VOCABULARIES), value="custom", scale=1,

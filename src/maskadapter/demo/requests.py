@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw
 from ..data.vocabularies import builtin_vocabulary
 from ..fileio import atomic_save_image, atomic_write_json
 from ..images import ImageInput, to_rgb_tensor
-from ..inference.predictor import Predictor
+from ..inference import formats
+from ..inference.options import InferenceOptions
 from ..inference.prompts import draw_prompts, prompt_overlay, segment_prompts
 from ..inference.writers import label_map_image, overlay_image, result_to_json
 from ..modeling.generators.sam import MaskProposer, PromptPredictor, SamMaskGenerator, SamPromptPredictor, load_sam
@@ -43,6 +44,15 @@ _TASK_OUTPUTS = {"semantic": ("semantic",), "panoptic": ("semantic", "panoptic")
                  "instance": ("semantic", "instance")}
 
 Rows = list[list[Any]]
+
+MAX_UPLOAD_BYTES = 50 * 2**20  #: largest image file a request takes (the page refuses larger uploads too)
+
+MAX_VOCABULARY_CHARS = 10_000  #: longest vocabulary text a request takes (ADE20K-150's is 3,649)
+
+MAX_VOCABULARY_NAMES = 600  #: most class names + synonyms a request takes (ADE20K-150 has 403)
+
+#: Where the overlay's legend may go: not the top-right corner, under gradio's image buttons.
+LEGEND_CORNERS = ("top-left", "bottom-left", "bottom-right")
 
 RequestOutput = tuple[Optional[Image.Image], Rows, Optional[str], Optional[str], str]
 
@@ -78,7 +88,8 @@ def segment_request(predictor: Any, image: Optional[ImageInput], vocabulary_text
 
     Returns (overlay image at the result's size, table rows ``[#, class, score, area %]``, label-map PNG
     path, segments JSON path, status line). Bad input (no image, an unreadable file, an empty or invalid
-    vocabulary, an image over the Predictor's size limit) gives ``(None, [], None, None, "error: ...")``
+    vocabulary, an image over the Predictor's size limit, over :data:`MAX_UPLOAD_BYTES`, a vocabulary over
+    :data:`MAX_VOCABULARY_CHARS` or :data:`MAX_VOCABULARY_NAMES`) gives ``(None, [], None, None, "error: ...")``
     instead of raising, so the page shows the reason. Files go to ``output_dir`` (default: a new temporary
     directory, :func:`make_work_dir`), never to the working directory.
     """
@@ -86,16 +97,17 @@ def segment_request(predictor: Any, image: Optional[ImageInput], vocabulary_text
     try:
         if task not in _TASK_OUTPUTS:
             raise ValueError(f"task must be one of {', '.join(_TASK_OUTPUTS)}, got {task!r}")
-        rgb, vocab = _image_and_vocabulary(image, vocabulary_text)
+        rgb, vocab = _image_and_vocabulary(image, vocabulary_text, predictor)
         result = predictor.predict(rgb, vocab, tasks=_TASK_OUTPUTS[task])
     except (ValueError, TypeError, OSError) as exc:
         logger.info("demo request refused: %s", exc)
         return None, [], None, None, f"error: {exc}"
-    overlay = overlay_image(rgb.permute(1, 2, 0).numpy(), result, task)
+    overlay = overlay_image(rgb.permute(1, 2, 0).numpy(), result, task, legend_corners=LEGEND_CORNERS)
     stem = _safe_stem(name)
     data = result_to_json(result, Path(name).name if name else "image", task)
     out_dir = Path(output_dir) if output_dir is not None else make_work_dir()
-    label_path, json_path = out_dir / f"{stem}_labels.png", out_dir / f"{stem}.json"
+    names = formats.create("files", overlays=False).paths(stem)  # the per-image files of `segment --format files`
+    label_path, json_path = out_dir / names["labels"], out_dir / names["json"]
     atomic_save_image(label_map_image(result), label_path)
     atomic_write_json(json_path, data)
     rows = _table_rows(data, task, result.image_size)
@@ -108,15 +120,30 @@ def segment_request(predictor: Any, image: Optional[ImageInput], vocabulary_text
     return overlay, rows, str(label_path), str(json_path), status
 
 
-def _image_and_vocabulary(image: Optional[ImageInput], text: Optional[str]) -> tuple[Any, Vocabulary]:
-    """The decoded image [3, H, W] uint8 and the parsed vocabulary of a request; ValueError saying what is missing."""
+def _image_and_vocabulary(image: Optional[ImageInput], text: Optional[str], predictor: Any = None
+                          ) -> tuple[Any, Vocabulary]:
+    """The decoded image [3, H, W] uint8 and the parsed vocabulary of a request; ValueError saying what is missing
+    or over a limit. The limits are checked before any work: the vocabulary's size, the file's size, and the
+    image's pixels from its header (``predictor.max_image_pixels``, as ``maskadapter segment`` does)."""
     if image is None or (isinstance(image, str) and not image.strip()):
         raise ValueError("no image: upload an image or pick an example")
     if not text or not text.strip():
         raise ValueError('empty vocabulary: type class names separated by "," (synonyms joined by "|"), '
                          "or pick a ready vocabulary")
+    if len(text) > MAX_VOCABULARY_CHARS:
+        raise ValueError(f"the vocabulary has {len(text)} characters, over the demo's limit of "
+                         f"{MAX_VOCABULARY_CHARS}: use maskadapter segment --vocab-file for large vocabularies")
     vocab = Vocabulary.parse(text)
-    return to_rgb_tensor(image), vocab
+    names = sum(len(synonyms) for synonyms in vocab.classes)
+    if names > MAX_VOCABULARY_NAMES:  # each name is encoded by CLIP's text tower (14 templates) on a new vocabulary
+        raise ValueError(f"the vocabulary has {names} class names and synonyms, over the demo's limit of "
+                         f"{MAX_VOCABULARY_NAMES}: use maskadapter segment --vocab-file for large vocabularies")
+    size = Path(image).stat().st_size if isinstance(image, (str, os.PathLike)) and Path(image).is_file() else 0
+    if size > MAX_UPLOAD_BYTES:
+        raise ValueError(f"the image file is {size / 2**20:.0f} MB, over the demo's upload limit of "
+                         f"{MAX_UPLOAD_BYTES // 2**20} MB")
+    limit = getattr(predictor, "max_image_pixels", None) or InferenceOptions().max_image_pixels
+    return to_rgb_tensor(image, max_pixels=limit), vocab
 
 
 @dataclass
@@ -148,7 +175,7 @@ def click_request(predictor: Any, sam: SamTools, image: Optional[ImageInput], vo
     """
     start = time.perf_counter()
     try:
-        rgb, vocab = _image_and_vocabulary(image, vocabulary_text)
+        rgb, vocab = _image_and_vocabulary(image, vocabulary_text, predictor)
         if not points:
             return Image.fromarray(rgb.permute(1, 2, 0).numpy()), _table(CLICK_TABLE_HEADERS), None, None, \
                 "click on an object: a positive point selects it, a negative point removes what it touches"
@@ -180,10 +207,8 @@ def everything_request(predictor: Any, sam: SamTools, image: Optional[ImageInput
     Returns what :func:`segment_request` returns for the panoptic task, the rows as ``{"headers", "data"}``."""
     if sam.generator is None:
         return None, _table(TABLE_HEADERS), None, None, "error: this SAM has no automatic mask generator"
-    # the page's model, text cache and options; only the masks come from SAM (a new predictor around them, not
-    # a copy: the page may wrap the given predictor's methods, e.g. to queue or count requests)
-    automatic = Predictor(predictor.model, predictor.preset, predictor.device, predictor.options,
-                          mask_generator=sam.generator, text_classifier=predictor.text_classifier)
+    # the page's model, text cache and options; only the masks come from SAM
+    automatic = predictor.with_mask_source(sam.generator)
     overlay, rows, label_path, json_path, status = segment_request(automatic, image, vocabulary_text, "panoptic",
                                                                    output_dir=output_dir, name=name)
     return overlay, _table(TABLE_HEADERS, rows), label_path, json_path, status.replace("panoptic:", "everything:", 1)

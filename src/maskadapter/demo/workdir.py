@@ -33,6 +33,18 @@ def make_work_dir() -> Path:
     return path
 
 
+def keep_gradio_files_in(work: Path) -> Path:
+    """Point gradio's upload cache into the work folder ``work`` (``GRADIO_TEMP_DIR``, which gradio reads each time
+    it stores a file), so the removal of work folders removes it too; returns the cache folder. A
+    ``GRADIO_TEMP_DIR`` the user set (not one of ours) is kept."""
+    current = os.environ.get("GRADIO_TEMP_DIR")
+    if current and not Path(current).parent.name.startswith(WORK_PREFIX):
+        return Path(current)
+    cache = work / "gradio"
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)
+    return cache
+
+
 def remove_stale_work_dirs(root: Optional[Union[str, os.PathLike]] = None) -> list[Path]:
     """Remove the ``maskadapter-demo-*`` folders under ``root`` (default: the temporary directory) of ended runs:
     their owner process is gone, or (older versions) they have no owner file and are over an hour old. Only

@@ -41,7 +41,7 @@ def decode_rle(rles: Sequence[dict], size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask_util.decode(coded).transpose(2, 0, 1))).bool()
 
 
-@dataclass
+@dataclass(repr=False)
 class Instances:
     """K instances of an image of ``size`` (H, W): COCO RLE masks, scores [K] and class indices [K]."""
 
@@ -81,6 +81,14 @@ class Instances:
 
     def __len__(self) -> int:
         return len(self.rles)
+
+    def __repr__(self) -> str:
+        # the RLE strings run to kilobytes per mask: a summary, not the data
+        classes = self.classes.tolist()
+        counts = ", ".join(f"{c}: {classes.count(c)}" for c in sorted(set(classes))[:8])
+        more = ", ..." if len(set(classes)) > 8 else ""
+        scores = f", scores {float(self.scores.min()):.3f}..{float(self.scores.max()):.3f}" if len(self) else ""
+        return f"Instances({len(self)} masks of {self.size[0]}x{self.size[1]}, classes {{{counts}{more}}}{scores})"
 
     def __getitem__(self, key: str) -> Any:
         if key not in ("masks", "scores", "classes", "rles"):
