@@ -22,8 +22,9 @@ Tolerances (why these numbers):
   float32 ulps (1.2e-7 relative each), so 1e-5 leaves two orders of magnitude of margin and still rejects any
   real bug (a wrong row, weight or query moves values by far more).
 * :data:`MODEL_TIE_ATOL` / :data:`MODEL_TIE_RTOL` (1e-3): whole-model runs (batch size, processes, devices)
-  also round the backbone, decoder and adapter differently; logits then differ by up to ~1e-4 on the tiny test
-  models, so near-ties are 1e-3 wide.
+  also round the backbone, decoder and adapter differently. Measured on the tiny test model, batch size 2 vs 1:
+  mask logits differ by up to 1.4e-6 (AVX-512 and AVX2 alike); real-size models accumulate more layers and GPUs
+  other kernels, so near-ties are 1e-3 wide: still narrow enough that a wrong query, row or weight fails.
 * :data:`SCORE_RTOL` (1e-5) / :data:`SCORE_ATOL` (1e-6): scores of post-processing alone;
   :data:`MODEL_SCORE_RTOL` (1e-4) for whole-model runs.
 
@@ -42,7 +43,7 @@ from maskadapter.inference import postprocess as pp
 __all__ = [
     "TIE_ATOL", "TIE_RTOL", "MODEL_TIE_ATOL", "MODEL_TIE_RTOL", "SCORE_RTOL", "SCORE_ATOL", "MODEL_SCORE_RTOL",
     "assert_semantic_contract", "assert_masks_contract", "assert_panoptic_contract", "assert_scores_close",
-    "assert_outputs_contract", "deciding_values",
+    "assert_outputs_contract", "deciding_values", "capture_postprocess", "read_coco_run", "assert_coco_runs_contract",
 ]
 
 TIE_ATOL = 1e-5  #: near-tie width of post-processing alone (absolute part)
@@ -256,3 +257,80 @@ def _assert_instances(ia: Any, ib: Any, mask_cls: torch.Tensor, logits: torch.Te
     area = torch.minimum(ma.flatten(1).sum(1), mb.flatten(1).sum(1)).double().clamp_min(1)
     assert_scores_close(ia.scores, ib.scores, score_rtol, what="instance scores", slack=flipped / area)
     return differ
+
+
+# ------------------------------------------------------------------------------------------------ whole runs
+
+def capture_postprocess(monkeypatch: Any) -> list[dict]:
+    """Record the inputs of every post-processing call the predictor makes from now on (CPU copies): the
+    reference deciding values of a run. Each entry: ``mask_cls``, ``mask_pred``, ``size``, ``out_size``,
+    ``is_thing`` and the keyword thresholds (``before``, ``object_mask_threshold``, ``overlap_threshold``,
+    ``top_k``), ready for :func:`assert_outputs_contract`."""
+    from maskadapter.inference import predictor as module
+
+    real, calls = module.postprocess_banded, []
+
+    def spy(mask_cls, mask_pred, size, out_size, tasks, is_thing, **kw):
+        calls.append({"mask_cls": mask_cls.detach().float().cpu().clone(),
+                      "mask_pred": mask_pred.detach().float().cpu().clone(), "size": tuple(size),
+                      "out_size": tuple(out_size), "is_thing": None if is_thing is None else _t(is_thing).cpu(),
+                      **{k: kw[k] for k in ("before", "object_mask_threshold", "overlap_threshold", "top_k")}})
+        return real(mask_cls, mask_pred, size, out_size, tasks, is_thing, **kw)
+
+    monkeypatch.setattr(module, "postprocess_banded", spy)
+    return calls
+
+
+def read_coco_run(folder: Any) -> dict[str, Any]:
+    """The outputs of a ``segment --format coco`` folder by input file name: objects with ``semantic`` [H, W]
+    (label PNG values), ``panoptic`` [H, W] (segment ids), ``segments`` and ``instances`` (in file order)."""
+    import json
+    import types
+    from pathlib import Path
+
+    from PIL import Image
+
+    from maskadapter.inference.instances import Instances
+
+    root = Path(folder)
+    pan = json.loads((root / "panoptic.json").read_text())
+    names = {im["id"]: im["file_name"] for im in pan["images"]}
+    per_image: dict[int, list] = {}
+    if (root / "instances.json").exists():
+        for inst in json.loads((root / "instances.json").read_text()):
+            per_image.setdefault(inst["image_id"], []).append(inst)
+    runs = {}
+    for ann in pan["annotations"]:
+        png = root / "panoptic" / ann["file_name"]
+        rgb = np.asarray(Image.open(png).convert("RGB")).astype(np.int64)
+        ids = torch.from_numpy(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2])
+        semantic = torch.from_numpy(np.asarray(Image.open(root / "semantic" / ann["file_name"])).astype(np.int64))
+        found = per_image.get(ann["image_id"], [])
+        instances = Instances(tuple(ids.shape), torch.tensor([i["score"] for i in found], dtype=torch.float32),
+                              torch.tensor([i["category_id"] for i in found], dtype=torch.long),
+                              [i["segmentation"] for i in found])
+        runs[names[ann["image_id"]]] = types.SimpleNamespace(
+            semantic=semantic, panoptic=ids, segments=ann["segments_info"], instances=instances)
+    return runs
+
+
+def assert_coco_runs_contract(got: Any, reference: Any, calls: dict[str, dict], atol: float = MODEL_TIE_ATOL,
+                              rtol: float = MODEL_TIE_RTOL, score_rtol: float = MODEL_SCORE_RTOL
+                              ) -> dict[str, int]:
+    """Two ``segment --format coco`` folders meet the contract image by image, measured from ``calls`` (input
+    file name -> a :func:`capture_postprocess` entry of the reference prediction); returns the differing pixels
+    per output, summed over the images."""
+    a, b = read_coco_run(got), read_coco_run(reference)
+    assert a.keys() == b.keys() and set(calls) >= set(b), (sorted(a), sorted(b), sorted(calls))
+    totals: dict[str, int] = {}
+    for name in sorted(b):
+        call = calls[name]
+        assert tuple(b[name].panoptic.shape) == call["out_size"], name
+        counts = assert_outputs_contract(
+            a[name], b[name], call["mask_cls"], call["mask_pred"], call["size"], call["is_thing"],
+            before=call["before"], object_mask_threshold=call["object_mask_threshold"],
+            overlap_threshold=call["overlap_threshold"], top_k=call["top_k"], atol=atol, rtol=rtol,
+            score_rtol=score_rtol)
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals

@@ -180,6 +180,7 @@ def test_size_batcher_groups_equal_sizes_in_arrival_order():
 
 
 # ------------------------------------------------------------------------------------------- one process
+@pytest.mark.numeric
 def test_batches_and_workers_reproduce_one_by_one(setup, reference, one_thread, monkeypatch):
     calls = count_model_calls(monkeypatch)
     out = setup["root"] / "batched"
@@ -188,16 +189,25 @@ def test_batches_and_workers_reproduce_one_by_one(setup, reference, one_thread, 
     assert sorted(calls) == [2, 2, 2, 2, 2]
     ref, got = output_files(reference), output_files(out)
     assert got.keys() == ref.keys()
-    for name in ref:  # label maps, panoptic maps and masks equal one-by-one prediction exactly
-        if name.endswith(".png"):
-            assert got[name] == ref[name], name
-    for name in ("panoptic.json", "instances.json"):  # scores to float rounding (batch-size dependent kernels)
-        assert _without_scores(json.loads(got[name])) == _without_scores(json.loads(ref[name]))
-        np.testing.assert_allclose(_scores(json.loads(got[name])), _scores(json.loads(ref[name])), rtol=1e-5)
+    # Batch size 2 runs the network's kernels on other shapes (other blocking, other float rounding, and on
+    # another CPU other vector widths): label maps, panoptic maps and masks equal one-by-one prediction except
+    # where the reference logits are within float rounding of a tie or threshold; scores agree to 1e-4.
+    from contract import assert_coco_runs_contract, capture_postprocess
+
+    model, values = predictor(setup), capture_postprocess(monkeypatch)
+    pan = json.loads(ref["panoptic.json"])
+    is_thing = [bool(c["isthing"]) for c in sorted(pan["categories"], key=lambda c: c["id"])]
+    deciding = {}
+    for image in pan["images"]:
+        model.predict(setup["images"] / image["file_name"], VOCAB, things=is_thing, tasks=("panoptic", "instance"))
+        deciding[image["file_name"]] = values[-1]
+    assert_coco_runs_contract(out, reference, deciding)  # measured: 0 pixels differ (AVX-512), 2 (AVX2)
     calls.clear()
     inline = setup["root"] / "batched-inline"
     assert main(segment_args(setup, inline, "--batch-size", "2", "--workers", "0")) == 1
-    assert output_files(inline) == got  # decoding in worker processes changes nothing
+    # deterministic, so byte for byte: the same batches on the same thread count in this process; worker
+    # processes only decode images (integer arithmetic)
+    assert output_files(inline) == got
 
 
 def _scores(data) -> list[float]:
