@@ -39,12 +39,13 @@ TINY_SAM2_OVERRIDES = [
 ]
 
 
-def tiny_sam(seed: int = 0) -> torch.nn.Module:
-    """A segment-anything ``Sam`` small enough for CPU tests (64-pixel input, 4x4 embedding, 16 channels)."""
+def tiny_sam(seed: int = 0, depth: int = 1) -> torch.nn.Module:
+    """A segment-anything ``Sam`` small enough for CPU tests (64-pixel input, 4x4 embedding, 16 channels);
+    ``depth=12`` gives vit_b's layout (its encoder depth) at that size."""
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     torch.manual_seed(seed)
-    encoder = ImageEncoderViT(img_size=64, patch_size=16, embed_dim=16, depth=1, num_heads=1, out_chans=16,
+    encoder = ImageEncoderViT(img_size=64, patch_size=16, embed_dim=16, depth=depth, num_heads=1, out_chans=16,
                               norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6), window_size=0,
                               global_attn_indexes=())
     prompt = PromptEncoder(embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4)

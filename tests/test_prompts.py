@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from maskadapter.inference.predictor import Predictor
-from maskadapter.inference.prompts import (PromptGroup, parse_boxes, parse_points, prompt_groups, prompt_overlay,
-                                           segment_prompts)
+from maskadapter.inference.prompts import (PromptGroup, PromptSegmenter, parse_boxes, parse_points, prompt_groups,
+                                           prompt_overlay, segment_prompts)
 from maskadapter.modeling.generators.sam import SamPromptPredictor
 
 from conftest import tiny_preset, write_tiny_preset
@@ -223,23 +223,62 @@ def test_prompt_overlay_shows_mask_and_points(predictor, fake_sam):
     assert tinted[car].mean() > 20 and np.median(tinted[~car]) == 0  # only the mask is coloured
 
 
-def test_real_tiny_sam_round_trip(predictor, tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_sam_prompts(tmp_path, monkeypatch):
+    """A real segment-anything SamPredictor around a tiny random SAM, and the package's own predictor (same
+    weights) to compare with."""
     sa = pytest.importorskip("segment_anything")
     from sam_fakes import tiny_sam
 
     ckpt = register_tiny_sam(monkeypatch, tmp_path / "sam_vit_b_01ec64.pth")
-    sam = SamPromptPredictor(ckpt, "sam")
-    image = scene()
-    result = segment_prompts(predictor, sam, image, VOCAB, points=[(20, 40, True), (70, 5, False)])
     reference = sa.SamPredictor(tiny_sam())
-    reference.set_image(image)
-    masks, iou, _ = reference.predict(np.array([[20.0, 40.0], [70.0, 5.0]]), np.array([1, 0]), multimask_output=True)
-    best = int(np.argmax(iou))
-    assert torch.equal(result.masks[0], torch.from_numpy(masks[best]))
-    assert float(result.sam_scores[0]) == pytest.approx(float(iou[best]))
-    if result.masks[0].any():
-        expected = predictor.classify_masks(image, torch.from_numpy(masks[best])[None], VOCAB)
-        assert result.labels.tolist() == expected.labels.tolist()
+    reference.set_image(scene())
+    return SamPromptPredictor(ckpt, "sam"), reference
+
+
+RULE_CASES = {  # name: (points, boxes, SAM's rule asks for three masks)
+    "one click": ([(20, 40, True)], [], True),
+    "+/- clicks": ([(20, 40, True), (70, 5, False)], [], False),
+    "3 clicks": ([(20, 40, True), (30, 45, True), (70, 5, False)], [], False),
+    "clicks + box": ([(30, 42, True)], [(14, 34, 41, 51)], False),
+    "box": ([], [(14, 34, 41, 51)], False),
+}
+
+
+@pytest.mark.parametrize("case", list(RULE_CASES))
+def test_sam_mask_choice_rule(predictor, tiny_sam_prompts, case):
+    """SAM's rule: the best of three masks by predicted IoU for a single click, SAM's single mask for several
+    clicks, a box, or a box with clicks; with these test weights the two choices differ in every case."""
+    sam, reference = tiny_sam_prompts
+    points, boxes, multimask = RULE_CASES[case]
+    result = PromptSegmenter(predictor, sam)(scene(), VOCAB, points=points, boxes=boxes)
+    coords = np.array([[x, y] for x, y, _ in points], np.float32) if points else None
+    labels = np.array([int(positive) for _, _, positive in points]) if points else None
+    box = np.array(boxes[0], np.float32) if boxes else None
+    three, iou3, _ = reference.predict(coords, labels, box, multimask_output=True)
+    single, iou1, _ = reference.predict(coords, labels, box, multimask_output=False)
+    best = int(np.argmax(iou3))
+    expected, score = (three[best], iou3[best]) if multimask else (single[0], iou1[0])
+    other = single[0] if multimask else three[best]
+    assert not np.array_equal(expected, other)  # the rule decides something here
+    assert torch.equal(result.masks[0], torch.from_numpy(expected))
+    assert float(result.sam_scores[0]) == pytest.approx(float(score))
+    named = predictor.classify_masks(scene(), torch.from_numpy(expected)[None], VOCAB)
+    assert torch.equal(result.classification.logits, named.logits)
+
+
+def test_multimask_overrides_the_rule(predictor, tiny_sam_prompts):
+    sam, reference = tiny_sam_prompts
+    clicks = [(20, 40, True), (70, 5, False)]
+    coords, labels = np.array([[20.0, 40.0], [70.0, 5.0]], np.float32), np.array([1, 0])
+    three, iou3, _ = reference.predict(coords, labels, multimask_output=True)
+    single, _, _ = reference.predict(np.array([[20.0, 40.0]], np.float32), np.array([1]), multimask_output=False)
+    forced = PromptSegmenter(predictor, sam, multimask=True)(scene(), VOCAB, points=clicks)
+    assert torch.equal(forced.masks[0], torch.from_numpy(three[int(np.argmax(iou3))]))
+    one = PromptSegmenter(predictor, sam)(scene(), VOCAB, points=clicks[:1], multimask=False)
+    assert torch.equal(one.masks[0], torch.from_numpy(single[0]))
+    with pytest.raises(TypeError, match="multimask must be True, False or None"):
+        PromptSegmenter(predictor, sam, multimask="yes")
 
 
 def test_adapter_only_predictor(model, predictor, fake_sam, tmp_path):
@@ -258,16 +297,21 @@ def test_adapter_only_predictor(model, predictor, fake_sam, tmp_path):
     assert torch.allclose(result.classification.logits, expected.logits, atol=1e-5)
 
 
-def test_predictor_segment_prompts_uses_its_prompt_model(model, fake_sam):
-    with_sam = Predictor(model, tiny_preset(), precision="fp32", text_cache_dir=False, prompt_model=fake_sam)
+def test_prompt_segmenter_wraps_a_predictor_and_sam(model, fake_sam):
+    plain = Predictor(model, tiny_preset(), precision="fp32", text_cache_dir=False)
+    assert not hasattr(plain, "segment_prompts") and not hasattr(plain, "prompt_model")
     image = scene()
-    via_method = with_sam.segment_prompts(image, VOCAB, points=[(20, 40, True)])
-    via_function = segment_prompts(with_sam, fake_sam, image, VOCAB, points=[(20, 40, True)])
-    assert torch.equal(via_method.masks, via_function.masks)
-    assert torch.allclose(via_method.classification.logits, via_function.classification.logits)
+    segmenter = PromptSegmenter(plain, fake_sam)
+    via_object = segmenter(image, VOCAB, points=[(20, 40, True)])
+    via_function = segment_prompts(plain, fake_sam, image, VOCAB, points=[(20, 40, True)])
+    assert torch.equal(via_object.masks, via_function.masks) and torch.equal(via_object.masks[0], region(image, CAR))
+    assert torch.allclose(via_object.classification.logits, via_function.classification.logits)
     assert fake_sam.embeddings_computed == 1  # the second call reused the embedding
-    with pytest.raises(ValueError, match="needs a SAM prompt predictor"):
-        Predictor(model, tiny_preset(), text_cache_dir=False).segment_prompts(image, VOCAB, points=[(20, 40)])
+    prepared = plain.prepare_vocabulary(VOCAB)
+    assert torch.equal(segmenter(image, prepared, points=[(20, 40)]).classification.logits,
+                       via_object.classification.logits)
+    with pytest.raises(TypeError, match="sam must be a prompt predictor"):
+        PromptSegmenter(plain, object())
 
 
 def test_segment_command_with_points_and_boxes(model, tmp_path, monkeypatch, capsys):
@@ -301,3 +345,41 @@ def test_segment_command_with_points_and_boxes(model, tmp_path, monkeypatch, cap
         assert message in capsys.readouterr().err
     assert main([*base[:2], str(image), *base[2:], "--points", "1,1", "--sam-checkpoint", str(sam_file)]) == 1
     assert "one image" in capsys.readouterr().err
+
+
+def test_prompt_options_are_checked_before_the_model_loads(model, tmp_path, monkeypatch, capsys):
+    """Empty --points / --boxes are errors (they used to segment the whole image), a leading negative point
+    parses, and prompts outside the image (size from its header, EXIF-aware) are reported before any load."""
+    import maskadapter.modeling.load as load
+    from PIL import Image
+
+    from maskadapter.cli import main
+
+    sam_file = register_tiny_sam(monkeypatch, tmp_path / "sam_vit_b_01ec64.pth")
+    weights = tmp_path / "tiny.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    image = tmp_path / "scene.png"
+    Image.fromarray(scene()).save(image)
+    loads = []
+    real = load.load_model
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    base = ["segment", str(image), "--vocab", VOCAB, "--preset", str(write_tiny_preset(tmp_path / "tiny.json")),
+            "--weights", str(weights), "--precision", "fp32", "-o", str(tmp_path / "out"), "--no-text-cache",
+            "--sam-checkpoint", str(sam_file)]
+    for extra, message in ((["--points", ""], "--points is empty"), (["--boxes", ""], "--boxes is empty"),
+                           (["--points", " ; "], "--points is empty"),
+                           (["--points", "+90,10"], r"points[0] (90, 10) is outside the 80x60 image"),
+                           (["--boxes", "10,10,81,20"], "is not inside the 80x60 image"),
+                           (["--multimask"], "--multimask / --no-multimask go with --points")):
+        assert main([*base, *extra]) == 1
+        assert message in capsys.readouterr().err, extra
+    assert loads == [] and not (tmp_path / "out" / "scene.json").exists()
+    rotated = tmp_path / "rotated.jpg"  # stored 80x60, shown 60x80: x = 70 is outside once upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(scene()).save(rotated, exif=exif)
+    assert main([*base[:1], str(rotated), *base[2:], "--points", "70,10"]) == 1
+    assert "outside the 60x80 image" in capsys.readouterr().err and loads == []
+    assert main([*base, "--points", "-20,50;+35,40", "--no-multimask"]) == 0  # a negative first point
+    data = json.loads((tmp_path / "out" / "scene.json").read_text())
+    assert data["prompts"][0]["points"] == [[20.0, 50.0, 0], [35.0, 40.0, 1]] and loads == [1]

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from maskadapter.demo import SamTools
+from maskadapter.errors import CheckpointError, UnsafeCheckpointError
 from maskadapter.inference.predictor import Predictor
 from maskadapter.modeling.build import build_model
 from maskadapter.modeling.generators.sam import (SAM2_CONFIGS, SamMaskGenerator, SamModel, SamPromptPredictor,
-                                                 load_sam, resolve_sam_model_type)
+                                                 infer_sam_model, load_sam, resolve_sam_model_type)
 
-from conftest import tiny_architecture, tiny_preset
+from conftest import tiny_architecture, tiny_preset, write_tiny_preset
 from sam_fakes import patch_tiny_sam2, register_tiny_sam, tiny_sam
 
 # sam2's transforms call torch.jit.script, which torch deprecates; not ours to fix
@@ -90,7 +91,7 @@ def test_checkpoint_that_does_not_fit_is_a_value_error(tmp_path, monkeypatch):
     register_tiny_sam(monkeypatch, tmp_path / "tiny.pth")
     garbage = tmp_path / "sam_vit_b_garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"sam_vit_b_garbage.pth does not load as sam 'vit_b'"):
+    with pytest.raises(CheckpointError, match=r"could not read .*sam_vit_b_garbage.pth"):
         load_sam(garbage, "sam")
     other = tmp_path / "sam_vit_b_other.pth"
     torch.save({"image_encoder.pos_embed": torch.zeros(1)}, other)
@@ -187,3 +188,75 @@ def test_automatic_masks_end_to_end(tmp_path, monkeypatch, predictor, backend):
     assert torch.equal(result.semantic, expected.semantic)  # the masks, classified by the adapter alone
     assert len(result.segments) >= 1 and all(s["category_id"] == int(expected.labels[s["id"] - 1])
                                              for s in result.segments)
+
+
+# ---------------------------------------------------------------------------------------------- weights-only, variants
+def _layout(prefix: str, blocks: int, *extra: str) -> dict:
+    """A state dict with only the keys that tell SAM networks apart (one tiny tensor each)."""
+    keys = [f"{prefix}.{i}.norm1.weight" for i in range(blocks)] + list(extra) + ["mask_decoder.iou_token.weight"]
+    return {k: torch.zeros(1) for k in keys}
+
+
+@pytest.mark.parametrize("state, expected", [
+    (_layout("image_encoder.blocks", 12), ("sam", "vit_b")),
+    (_layout("image_encoder.blocks", 24), ("sam", "vit_l")),
+    (_layout("image_encoder.blocks", 32), ("sam", "vit_h")),
+    (_layout("image_encoder.blocks", 3), ("sam", None)),
+    (_layout("image_encoder.trunk.blocks", 12, "no_obj_embed_spatial"), ("sam2", SAM2_CONFIGS["sam2.1_hiera_t"])),
+    (_layout("image_encoder.trunk.blocks", 16), ("sam2", SAM2_CONFIGS["sam2_hiera_s"])),
+    (_layout("image_encoder.trunk.blocks", 24, "no_obj_embed_spatial"), ("sam2", SAM2_CONFIGS["sam2.1_hiera_b+"])),
+    (_layout("image_encoder.trunk.blocks", 48), ("sam2", SAM2_CONFIGS["sam2_hiera_l"])),
+    ({"backbone.x": torch.zeros(1)}, (None, None)),
+])
+def test_the_variant_is_read_from_the_state_dict(state, expected):
+    assert infer_sam_model(state) == expected
+
+
+def test_sam_checkpoint_is_read_weights_only(tmp_path, monkeypatch):
+    """Even with torch's weights-only loading switched off, a code-running pickle is refused, never run."""
+    pytest.importorskip("segment_anything")
+    register_tiny_sam(monkeypatch, tmp_path / "tiny.pth")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "sam_vit_b_evil.pth"
+    torch.save({"image_encoder.pos_embed": Payload()}, evil)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(UnsafeCheckpointError, match="sam_vit_b_evil.pth"):
+        load_sam(evil)
+    assert not marker.exists()
+
+
+def test_any_sam_layout_file_loads_through_the_cli_without_sam_model(tmp_path, monkeypatch, capsys, tiny_fcclip):
+    """A small SAM with vit_b's depth, in a file whose name says nothing: --sam-model and --sam-backend are read
+    from its weights; the network is built without a checkpoint path and loaded from the state dict."""
+    sa = pytest.importorskip("segment_anything")
+    from PIL import Image
+
+    from maskadapter.cli import main
+
+    built = []
+
+    def build(kind):
+        def make(checkpoint=None):
+            built.append((kind, checkpoint))
+            return tiny_sam(seed=123, depth=12)
+        return make
+
+    for kind in ("vit_b", "vit_l", "vit_h"):
+        monkeypatch.setitem(sa.sam_model_registry, kind, build(kind))
+    weights = tmp_path / "weights.pth"
+    network = tiny_sam(depth=12)
+    torch.save(network.state_dict(), weights)
+    assert load_sam(weights).model_type == "vit_b" and built == [("vit_b", None)]
+    model_file = tmp_path / "tiny.pth"
+    torch.save({"model": tiny_fcclip.state_dict()}, model_file)
+    Image.fromarray(_scene()).save(tmp_path / "scene.png")
+    code = main(["segment", str(tmp_path / "scene.png"), "--vocab", "sky, road, car", "--points", "20,15",
+                 "--sam-checkpoint", str(weights), "--preset", str(write_tiny_preset(tmp_path / "tiny.json")),
+                 "--weights", str(model_file), "--precision", "fp32", "--no-text-cache", "-o", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    assert built[-1] == ("vit_b", None) and (tmp_path / "out" / "scene.json").is_file()

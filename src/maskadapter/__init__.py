@@ -18,8 +18,9 @@ __version__ = "0.1.0"
 #: public name -> module (relative to this package) that defines it
 _EXPORTS: dict[str, str] = {
     # inference
-    "Predictor": "inference.predictor", "SegmentationResult": "inference.predictor",
-    "MaskClassification": "inference.predictor", "InferenceOptions": "inference.options",
+    "Predictor": "inference.predictor", "SegmentationResult": "inference.results",
+    "MaskClassification": "inference.results", "InferenceOptions": "inference.options",
+    "PreparedVocabulary": "inference.vocabularies", "PromptSegmenter": "inference.prompts",
     "GroundTruthResult": "inference.ground_truth", "classify_ground_truth": "inference.ground_truth",
     # presets, vocabularies, precision
     "PRESETS": "presets", "PresetConfig": "presets", "get_preset": "presets",
@@ -28,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     # building blocks
     "ClipConfig": "config", "HeadConfig": "config", "ClipBackbone": "modeling.clip_backbone",
     "MaskAdapterHead": "modeling.head", "MaskAdapterModel": "modeling.model", "build_model": "modeling.build",
+    "load_model": "modeling.load", "MaskSource": "modeling.generators.source",
     "activation_pool": "modeling.pooling", "mask_crop_embeddings": "modeling.pooling",
     "mask_embeddings": "modeling.pooling", "mask_pool": "modeling.pooling",
     "VILD_TEMPLATES": "modeling.text", "TextClassifier": "modeling.text", "append_void": "modeling.text",

@@ -12,6 +12,9 @@ Class files (``--vocab-file``, ``Vocabulary.from_file``, the benchmarks' ``*_wit
     are both ONE class with two synonyms. The official ``id:syn1,syn2,...`` lines keep working: lines with id
     0 or the name ``invalid_class_id`` are skipped unless ``keep_id0`` is set (Pascal VOC-21 keeps its
     background line). Blank lines and lines starting with ``#`` are skipped.
+
+A class name (each synonym) has at most ``MAX_NAME_LENGTH`` (200) characters: longer text is a ValueError naming
+the class, since every name is encoded, drawn and written once per use.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
-__all__ = ["Vocabulary", "VocabularyLike", "INLINE_SYNTAX", "FILE_SYNTAX"]
+__all__ = ["Vocabulary", "VocabularyLike", "INLINE_SYNTAX", "FILE_SYNTAX", "MAX_NAME_LENGTH"]
+
+#: The longest class name (synonym) a vocabulary accepts, in characters.
+MAX_NAME_LENGTH = 200
 
 #: One-line summaries of the two syntaxes, shown by ``--help`` and the demo.
 INLINE_SYNTAX = 'classes separated by "," ";" or new lines; synonyms of a class joined by "|", e.g. "cat, sofa|couch"'
@@ -44,6 +50,10 @@ class Vocabulary:
         for i, syns in enumerate(self.classes):
             if not syns or any(not s.strip() for s in syns):
                 raise ValueError(f"vocabulary class {i} has an empty name: {syns!r}")
+            long = next((s for s in syns if len(s) > MAX_NAME_LENGTH), None)
+            if long is not None:
+                raise ValueError(f"vocabulary class {i} {long[:40]!r}... has a name of {len(long)} characters; "
+                                 f"class names have at most {MAX_NAME_LENGTH}")
 
     @classmethod
     def coerce(cls, vocabulary: "VocabularyLike") -> "Vocabulary":

@@ -37,6 +37,7 @@ from ..data.vocabularies import builtin_vocabulary
 from ..fileio import atomic_write_json, atomic_write_text
 from ..inference.ground_truth import classify_ground_truth
 from ..inference.instances import decode_rle
+from ..inference.options import check_tasks
 from ..inference.postprocess import category_overlap
 from ..inference.predictor import Predictor
 from ..modeling.model import MaskAdapterModel
@@ -175,10 +176,7 @@ def markdown_row(results: dict) -> str:
 def _check_tasks(tasks: Optional[Sequence[str]], dataset: SegmentationDataset, gt_masks: bool) -> tuple[str, ...]:
     if tasks is None:
         return ("semantic",) if gt_masks else tuple(dataset.evaluations)
-    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(tasks)}")
+    tasks = check_tasks(tasks)
     missing = [t for t in tasks if t not in dataset.evaluations]
     if missing:
         hint = f" (make them with: {dataset.spec.prepare_command(dataset.root)})" if dataset.spec else ""
@@ -225,10 +223,10 @@ class _ModelPredictor:
 
     def __init__(self, predictor: Predictor, dataset: SegmentationDataset, tasks: tuple[str, ...]) -> None:
         self.predictor, self.dataset, self.tasks = predictor, dataset, tasks
+        self.vocabulary = predictor.prepare_vocabulary(dataset.vocabulary, dataset.thing_classes)  # once per run
 
     def __call__(self, image: torch.Tensor, semantic_gt: Optional[torch.Tensor]) -> tuple[Any, dict]:
-        result = self.predictor.predict(image, self.dataset.vocabulary, tasks=self.tasks,
-                                        things=self.dataset.thing_classes)
+        result = self.predictor.predict(image, self.vocabulary, tasks=self.tasks)
         return result, {}
 
 

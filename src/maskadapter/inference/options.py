@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
-from ..constants import PRECISIONS
+from ..constants import PRECISIONS, TASKS
 
-__all__ = ["InferenceOptions"]
+__all__ = ["InferenceOptions", "check_tasks"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,15 @@ class InferenceOptions:
             raise TypeError(f"unknown inference option(s) {unknown}; known: "
                             f"{[f.name for f in dataclasses.fields(self)]}")
         return dataclasses.replace(self, **changes)
+
+
+def check_tasks(tasks: Union[str, Sequence[str]], name: str = "tasks") -> tuple[str, ...]:
+    """``tasks`` (a sequence, one task name, or names separated by commas as on the command line) as a tuple;
+    ValueError naming ``name`` unless it is a non-empty subset of ``TASKS`` (the one place tasks are checked)."""
+    given = tasks
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    tasks = tuple(tasks)
+    if not tasks or any(t not in TASKS for t in tasks):
+        raise ValueError(f"{name} must name some of {', '.join(TASKS)}, got {given!r}")
+    return tasks

@@ -4,83 +4,61 @@
     result = p.predict("photo.jpg", vocabulary="cat, sofa, window")
     result.semantic        # [H, W] class index per pixel
     result.segments        # panoptic segments: id, category_id, label, isthing, score, area
+    result.timings         # seconds per stage of the call
+
+Every image goes through one flow: prepare -> backbone features -> the mask source (the preset's decoder, or
+proposals such as SAM's) -> the adapter's classification of its masks -> post-processing. Decoder sources also
+give in-vocabulary class logits, which are ensembled with the adapter's; proposal masks are named by the adapter
+alone. A predictor never changes after it is made: ``with_options`` / ``with_mask_source`` return new ones.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
-import dataclasses
 import logging
 import math
 import os
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, read_state_dict, split_checkpoint
 from ..constants import TASKS
-from ..data.vocabularies import builtin_vocabulary, coco_thing_mask
-from ..hub import resolve_weights
+from ..data.vocabularies import builtin_vocabulary
 from ..images import ImageInput, to_rgb_tensor
-from ..modeling.build import ArchitectureConfig, build_model, default_architecture, load_preset
-from ..modeling.generators.sam import MaskProposer, PromptPredictor
+from ..modeling.build import ArchitectureConfig, load_preset
+from ..modeling.generators.source import MaskOutput, MaskProposer, MaskSource, ProposalSource, SourceInput
+from ..modeling.load import ADAPTER_PARTS, load_model
 from ..modeling.model import MaskAdapterModel
 from ..modeling.text import TextClassifier, resolve_text_cache_dir
 from ..precision import autocast, resolve_precision
-from ..presets import PresetConfig, guess_preset
+from ..presets import PresetConfig
 from ..vocabulary import Vocabulary, VocabularyLike
 from . import postprocess as pp
 from .banded import postprocess_banded
 from .classify import classify_image_masks
 from .instances import Instances
-from .options import InferenceOptions
-from .prompts import PromptSegmentation, segment_prompts
-from .preprocess import normalize, pad_batch, padded_size, resize_longest_side
+from .options import InferenceOptions, check_tasks
+from .preprocess import fit_masks, normalize, pad_batch, padded_size, resize_longest_side
+from .results import MaskClassification, SegmentationResult
+from .vocabularies import PreparedVocabulary, Things, things_key, things_mask
 
-__all__ = ["Predictor", "SegmentationResult", "MaskClassification", "PreparedImage", "ImagePreparer", "TASKS",
-           "things_mask", "check_tasks"]
+__all__ = ["Predictor", "SegmentationResult", "MaskClassification", "PreparedImage", "ImagePreparer",
+           "PreparedVocabulary", "TASKS", "things_mask", "check_tasks"]
 
 logger = logging.getLogger(__name__)
 #: On a GPU, post-processing resizes all Q logits at once up to this size; larger outputs are banded on the CPU.
 _GPU_FULL_BYTES = 4 * 2**30
-Things = Optional[Union[Sequence[str], Sequence[bool], torch.Tensor]]
+#: Prepared vocabularies a predictor (and its with_options copies) keeps, most recently used first.
+_VOCABULARY_CACHE = 16
 TextCache = Union[str, os.PathLike, None, bool]
-
-
-@dataclass
-class SegmentationResult:
-    """What :meth:`Predictor.predict` returns; maps are at the output size (the image's, or downscaled)."""
-
-    vocabulary: Vocabulary
-    image_size: tuple[int, int]  #: (H, W) of the maps below
-    semantic: Optional[torch.Tensor] = None  #: [H, W] int64 class index, -1 where no mask covers a pixel
-    panoptic: Optional[torch.Tensor] = None  #: [H, W] int32 segment id, 0 = no segment
-    segments: list[dict] = field(default_factory=list)  #: id, category_id, label, isthing, score, area
-    instances: Optional[Instances] = None  #: K instances: RLE masks (``.masks`` decodes [K, H, W]), scores, classes
-    input_size: Optional[tuple[int, int]] = None  #: (H, W) of the input image (differs when downscaled)
-
-    @property
-    def class_names(self) -> list[str]:
-        """Display name of each class index."""
-        return self.vocabulary.names
-
-
-@dataclass
-class MaskClassification:
-    """Adapter-only classification of given masks (SAM, user masks): no in-vocabulary head, no void."""
-
-    vocabulary: Vocabulary
-    logits: torch.Tensor  #: [N, C] adapter logits
-    labels: torch.Tensor  #: [N] argmax class
-    scores: torch.Tensor  #: [N] softmax probability of that class
-    semantic: torch.Tensor  #: [H, W] int64, masks painted largest first (smaller masks on top), -1 elsewhere
-
-
+Vocab = Union[VocabularyLike, PreparedVocabulary]
 @dataclass
 class PreparedImage:
     """An image ready for the network, made without the model (so DataLoader workers can make it): normalised
@@ -113,12 +91,34 @@ class ImagePreparer:
         return PreparedImage(tensor, (int(rgb.shape[1]), int(rgb.shape[2])), rgb if self.keep_rgb else None)
 
 
+class _Timer:
+    """Seconds per stage of one call (exact on CUDA with ``sync``: the device is waited for at each boundary)."""
+
+    def __init__(self, device: torch.device, sync: bool) -> None:
+        self.device, self.sync = device, sync and device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
 class Predictor:
     """Runs a :class:`MaskAdapterModel` with a preset's constants and frozen :class:`InferenceOptions`.
 
+    ``mask_source``: where masks come from (a :class:`~maskadapter.modeling.generators.source.MaskSource`, or any
+    callable ``image [H, W, 3] uint8 -> (masks [N, H, W], scores [N])`` such as ``SamMaskGenerator``); default:
+    the model's own decoder (none for an adapter-only model). ``mask_generator`` is the same argument's older name.
     ``text_cache_dir``: where text embeddings persist across runs - None (default): the user cache
     (``$MASKADAPTER_TEXT_CACHE`` or ``~/.cache/maskadapter/text``), a folder, or False for memory only.
     Option keywords (``precision=``, ``max_image_pixels=``, ...) may be given instead of ``options``.
+    Immutable: setting an attribute is an error; ``with_options`` / ``with_mask_source`` make new predictors.
     """
 
     def __init__(
@@ -128,33 +128,43 @@ class Predictor:
         device: Union[str, torch.device] = "cpu",
         options: Optional[InferenceOptions] = None,
         text_cache_dir: TextCache = None,
-        mask_generator: Optional[MaskProposer] = None,
+        mask_source: Union[MaskSource, MaskProposer, None] = None,
         text_classifier: Optional[TextClassifier] = None,
-        prompt_model: Optional[PromptPredictor] = None,
+        *,
+        mask_generator: Union[MaskSource, MaskProposer, None] = None,
         **option_values: Any,
     ) -> None:
         self.preset = load_preset(preset)[0] if isinstance(preset, str) else preset
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.options = (options or InferenceOptions()).replace(**option_values)
-        self.mask_generator = mask_generator
-        self.prompt_model = prompt_model  #: SAM / SAM 2 prompt predictor for segment_prompts
+        self.mask_source = _as_source(mask_source if mask_source is not None else mask_generator, model)
         self.text_classifier = text_classifier or TextClassifier(model.backbone,
                                                                  cache_dir=resolve_text_cache_dir(text_cache_dir))
         if self.text_classifier.cache_dir is not None:
             self.model.backbone.text_fingerprint()  # hash the weights now, with the load, not in the first request
-        self._train_vocabulary = builtin_vocabulary(self.preset.train_vocabulary)
-        self._seen: dict[Vocabulary, torch.Tensor] = {}  # shared by with_options copies
-        #: seconds per stage of the last call (preprocess, text, backbone, generator, adapter, postprocess)
-        self.timings: dict[str, float] = {}
+        self.train_vocabulary = builtin_vocabulary(self.preset.train_vocabulary)
+        # prepared vocabularies, shared by with_options copies (same model): a cache, not state of the predictor
+        self._vocabularies: collections.OrderedDict = collections.OrderedDict()
+        self._vocabularies_lock = threading.Lock()
+        self._frozen = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"a Predictor is immutable (cannot set {name!r}): use with_options(...) or "
+                                 "with_mask_source(...) for another one")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Predictor is immutable (cannot delete {name!r})")
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, preset: Union[str, PresetConfig] = "fcclip-large", cache_dir: Optional[str] = None,
                         **kwargs: Any) -> "Predictor":
         """Download (once) and load the released weights of ``preset`` (a name or a preset JSON file)."""
-        config, architecture = load_preset(preset)
-        return cls.from_checkpoint(resolve_weights(config, cache_dir=cache_dir), config, architecture, **kwargs)
+        model, config = load_model(preset, cache_dir=cache_dir)
+        return cls(model, config, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], preset: Union[str, PresetConfig],
@@ -162,15 +172,9 @@ class Predictor:
         """Load an official-layout checkpoint (``.pth`` or safetensors) for ``preset`` (a preset name, a preset
         JSON file or a :class:`PresetConfig`); a checkpoint of another preset is refused with a message
         naming the preset it fits."""
-        config, file_architecture = load_preset(preset)
-        state = read_state_dict(path)
-        model = build_model(config, architecture or file_architecture)
-        try:
-            model.load_official(state, name=str(path))
-        except CheckpointError as exc:
-            fits = guess_preset(state)
-            hint = f" (it looks like a checkpoint for preset {fits!r})" if fits and fits != config.name else ""
-            raise CheckpointError(f"{path} does not fit preset {config.name!r}{hint}:\n{exc}") from exc
+        if path is None:
+            raise ValueError("path is None: give a checkpoint file (from_pretrained downloads the released one)")
+        model, config = load_model(preset, path, architecture=architecture)
         return cls(model, config, **kwargs)
 
     @classmethod
@@ -184,46 +188,34 @@ class Predictor:
         CLIP comes from ``path`` when it holds ``backbone.clip_model.*``, else from ``clip_weights`` (any
         official-layout file with those keys, e.g. the preset's released checkpoint).
         """
-        config, file_architecture = load_preset(preset)
-        arch = architecture or file_architecture or default_architecture(config)
-        model = build_model(config, dataclasses.replace(arch, generator=None))
-        state = split_checkpoint(read_state_dict(path))
-        if "mask_adapter" not in state.parts:
-            raise CheckpointError(f"{path} has no mask_adapter.* keys: it is not an adapter checkpoint "
-                                  f"(it holds {', '.join(sorted(state.parts)) or 'no known part'})")
-        parts = [p for p in model.part_modules() if p in state.parts]
-        model.load_official(path, parts=parts)
-        if "backbone.clip_model" not in parts:
-            if clip_weights is None:
-                raise CheckpointError(f"{path} holds no CLIP weights (backbone.clip_model.*): pass clip_weights= "
-                                      f"(CLI: --clip-weights), e.g. the released {config.weights_file}")
-            model.load_official(clip_weights, parts=["backbone.clip_model"])
-        missing = [p for p in ("cdt",) if p in model.part_modules() and p not in parts]
-        if missing and clip_weights is not None:
-            model.load_official(clip_weights, parts=missing)
-        elif missing:
-            raise CheckpointError(f"{path} has no cdt.* keys, which preset {config.name!r} needs: pass clip_weights= "
-                                  f"with them (the released {config.weights_file})")
+        if path is None:
+            raise ValueError("path is None: give the adapter checkpoint file")
+        model, config = load_model(preset, path, parts=ADAPTER_PARTS, clip_weights=clip_weights,
+                                   architecture=architecture)
         return cls(model, config, **kwargs)
 
     def with_options(self, options: Optional[InferenceOptions] = None, **changes: Any) -> "Predictor":
-        """A predictor with other options that shares this one's model, text cache and mask generator; this
+        """A predictor with other options that shares this one's model, text cache and mask source; this
         predictor is not changed."""
-        other = copy.copy(self)
-        other.options = (options or self.options).replace(**changes)
-        other.timings = {}
-        return other
+        return self._evolve(options=(options or self.options).replace(**changes))
 
-    def with_sam(self, mask_generator: Optional[MaskProposer] = None,
-                 prompt_model: Optional[PromptPredictor] = None) -> "Predictor":
-        """A predictor sharing this one's model, text cache and options whose masks come from ``mask_generator``
-        (e.g. SAM automatic masks) and whose prompts go to ``prompt_model``; this predictor is not changed."""
-        other = self.with_options()
-        other.mask_generator = mask_generator
-        other.prompt_model = prompt_model
+    def with_mask_source(self, mask_source: Union[MaskSource, MaskProposer, None]) -> "Predictor":
+        """A predictor sharing this one's model, text cache and options whose masks come from ``mask_source``
+        (e.g. ``SamMaskGenerator``; None: the model's own decoder); this predictor is not changed."""
+        return self._evolve(mask_source=_as_source(mask_source, self.model))
+
+    def _evolve(self, **changes: Any) -> "Predictor":
+        other = copy.copy(self)  # copies __dict__ without __setattr__
+        for name, value in changes.items():
+            object.__setattr__(other, name, value)
         return other
 
     # ------------------------------------------------------------------ properties
+    @property
+    def mask_generator(self) -> Optional[MaskSource]:
+        """The mask source when it is not the model's own decoder (e.g. SAM), else None."""
+        return None if self.mask_source is self.model.sem_seg_head else self.mask_source
+
     @property
     def precision(self) -> str:
         """The requested precision (``auto``, ``fp32``, ``bf16``, ``fp16``)."""
@@ -246,36 +238,38 @@ class Predictor:
         before = self.options.postprocess_before_inference
         return self.preset.postprocess_before_inference if before is None else before
 
-    # ------------------------------------------------------------------ public API
-    @torch.no_grad()
-    def predict(self, image: ImageInput, vocabulary: VocabularyLike, tasks: Sequence[str] = TASKS,
-                things: Things = None) -> SegmentationResult:
-        """Segment ``image`` (path, PIL, HxWx3 uint8 array or [3, H, W] uint8 tensor) into ``vocabulary``.
-
-        ``things`` marks which classes get one panoptic segment per instance (class names or a bool per
-        class); by default a class is a thing when it shares a synonym with a COCO thing class.
-        """
-        self.timings = {}
-        with self._stage("preprocess"):
-            prepared = self.prepare(image)
-        return self.predict_prepared([prepared], vocabulary, tasks, things, _reset_timings=False)[0]
-
-    @torch.no_grad()
-    def predict_batch(self, images: Sequence[ImageInput], vocabulary: VocabularyLike,
-                      tasks: Sequence[str] = TASKS, things: Things = None) -> list[SegmentationResult]:
-        """:meth:`predict` for several images in one forward pass (padded to a common size, as the official
-        test pipeline pads a batch). For images that share their padded size (:meth:`padded_size`; group images
-        by it), maps and masks equal one-by-one prediction and scores agree to float rounding (matrix kernels
-        sum in another order for another batch size)."""
-        self.timings = {}
-        with self._stage("preprocess"):
-            prepared = [self.prepare(image) for image in images]
-        return self.predict_prepared(prepared, vocabulary, tasks, things, _reset_timings=False)
+    # ------------------------------------------------------------------ vocabularies and images
+    def prepare_vocabulary(self, vocabulary: Vocab, things: Things = None) -> PreparedVocabulary:
+        """``vocabulary`` ready for this model: coerced, text encoded [S, D], things decided (``things``: class
+        names or one flag per class; default: classes sharing a synonym with a COCO thing class), seen classes
+        marked. Prepared once per vocabulary and things (a small cache shared with ``with_options`` copies)."""
+        if isinstance(vocabulary, PreparedVocabulary):
+            if vocabulary.model_id != id(self.model):
+                raise ValueError("this PreparedVocabulary was prepared for another model: prepare it with "
+                                 "this predictor's prepare_vocabulary()")
+            if things is not None:
+                raise ValueError("things are part of a PreparedVocabulary: give them to prepare_vocabulary()")
+            return vocabulary
+        vocab = Vocabulary.coerce(vocabulary)
+        key = (vocab, things_key(things))
+        with self._vocabularies_lock:
+            prepared = self._vocabularies.get(key)
+            if prepared is not None:
+                self._vocabularies.move_to_end(key)
+                return prepared
+        prepared = PreparedVocabulary.build(vocab, self.text_classifier, self.train_vocabulary, self.device,
+                                            id(self.model), things)
+        with self._vocabularies_lock:
+            self._vocabularies[key] = prepared
+            while len(self._vocabularies) > _VOCABULARY_CACHE:
+                self._vocabularies.popitem(last=False)
+        return prepared
 
     @property
     def preparer(self) -> ImagePreparer:
         """What :meth:`prepare` runs, as a picklable object for DataLoader worker processes."""
-        return ImagePreparer(self.preset.test_size, self.options.max_image_pixels, self.mask_generator is not None)
+        keep_rgb = bool(self.mask_source is not None and self.mask_source.needs_rgb)
+        return ImagePreparer(self.preset.test_size, self.options.max_image_pixels, keep_rgb)
 
     def prepare(self, image: ImageInput) -> PreparedImage:
         """Decode (size checked from the header), resize to the preset's test size and normalise one image."""
@@ -285,74 +279,145 @@ class Predictor:
         """The padded network input size of a prepared image: images with the same one batch like one by one."""
         return padded_size([prepared.size], self.preset.size_divisibility)
 
+    # ------------------------------------------------------------------ public API
     @torch.no_grad()
-    def predict_prepared(self, batch: Sequence[PreparedImage], vocabulary: VocabularyLike,
-                         tasks: Sequence[str] = TASKS, things: Things = None, _reset_timings: bool = True
-                         ) -> list[SegmentationResult]:
+    def predict(self, image: ImageInput, vocabulary: Vocab, tasks: Sequence[str] = TASKS,
+                things: Things = None) -> SegmentationResult:
+        """Segment ``image`` (path, PIL, HxWx3 uint8 array or [3, H, W] uint8 tensor) into ``vocabulary`` (or a
+        :class:`PreparedVocabulary`).
+
+        ``things`` marks which classes get one panoptic segment per instance (class names or a bool per
+        class); by default a class is a thing when it shares a synonym with a COCO thing class.
+        """
+        timer = self._timer()
+        with timer("preprocess"):
+            prepared = self.prepare(image)
+        return self._predict([prepared], vocabulary, tasks, things, timer)[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[ImageInput], vocabulary: Vocab, tasks: Sequence[str] = TASKS,
+                      things: Things = None) -> list[SegmentationResult]:
+        """:meth:`predict` for several images in one forward pass (padded to a common size, as the official
+        test pipeline pads a batch). For images that share their padded size (:meth:`padded_size`; group images
+        by it), maps and masks equal one-by-one prediction and scores agree to float rounding (matrix kernels
+        sum in another order for another batch size). Each result's ``timings`` are the batch's."""
+        timer = self._timer()
+        with timer("preprocess"):
+            prepared = [self.prepare(image) for image in images]
+        return self._predict(prepared, vocabulary, tasks, things, timer)
+
+    @torch.no_grad()
+    def predict_prepared(self, batch: Sequence[PreparedImage], vocabulary: Vocab, tasks: Sequence[str] = TASKS,
+                         things: Things = None) -> list[SegmentationResult]:
         """Segment prepared images (:meth:`prepare`) in one forward pass; one result per image."""
-        vocab = Vocabulary.coerce(vocabulary)
+        return self._predict(batch, vocabulary, tasks, things, self._timer())
+
+    @torch.no_grad()
+    def classify_masks(self, image: ImageInput, masks: Union[torch.Tensor, np.ndarray],
+                       vocabulary: Vocab) -> MaskClassification:
+        """Classify ``masks`` [N, H, W] (bool or 0-1 float, at the image's size) with the adapter alone."""
+        timer = self._timer()
+        with timer("text"):
+            vocab = self.prepare_vocabulary(vocabulary)
+        with timer("preprocess"):
+            rgb = to_rgb_tensor(image, max_pixels=self.options.max_image_pixels)
+            masks = _as_mask_tensor(masks, tuple(rgb.shape[-2:]))
+        with timer("adapter"):
+            if masks.shape[0]:
+                logits = classify_image_masks(self.model, rgb, masks, vocab.text, vocab.num_synonyms,
+                                              with_void=False, resize=self.preset.test_size,
+                                              precision=self.options.precision).cpu()
+            else:
+                logits = torch.zeros((0, len(vocab)))
+        with timer("postprocess"):
+            result = _named_masks(vocab.vocabulary, masks, logits)
+        result.timings = dict(timer.seconds)
+        return result
+
+    # ------------------------------------------------------------------ the flow
+    def _timer(self) -> _Timer:
+        return _Timer(self.device, self.options.sync_timings)
+
+    def _predict(self, batch: Sequence[PreparedImage], vocabulary: Vocab, tasks: Sequence[str], things: Things,
+                 timer: _Timer) -> list[SegmentationResult]:
+        """prepare -> features -> mask source -> adapter -> post-processing, for a batch of prepared images."""
         tasks = check_tasks(tasks)
-        is_thing = things_mask(vocab, things)
-        if _reset_timings:
-            self.timings = {}
-        if self.mask_generator is not None:
-            return [self._predict_with_proposals(p.rgb, vocab, tasks) for p in batch]
-        if self.model.sem_seg_head is None:
+        with timer("text"):
+            vocab = self.prepare_vocabulary(vocabulary, things)
+        if self.mask_source is None:
             raise ValueError("this predictor has no mask generator (an adapter-only model): classify your own masks "
-                             "with classify_masks() or segment_prompts(), or pass mask_generator= (e.g. SAM)")
-        with self._stage("preprocess"):
+                             "with classify_masks() or prompts with PromptSegmenter, or give it a mask source "
+                             "(with_mask_source(SamMaskGenerator(...)))")
+        model = self.model
+        with timer("preprocess"):
             images = pad_batch([p.tensor for p in batch], self.preset.size_divisibility).to(self.device)
-        with self._stage("text"):
-            text = self.text_classifier(vocab).to(self.device)
-        mask_cls, mask_pred = self._run_generator(images, text, vocab)
+        with autocast(self.options.precision, self.device):
+            with timer("backbone"):
+                features = model.dense_features(images)
+            inputs = SourceInput(images, [p.size for p in batch], [p.input_size for p in batch], features,
+                                 model.text_with_void(vocab.text), vocab.num_synonyms, [p.rgb for p in batch])
+            with timer("generator"):
+                out = self.mask_source.propose(inputs)
+            with timer("adapter"):
+                logits = self._classify_proposals(out, inputs, vocab)
+        if out.class_logits is not None:
+            results = self._finish_decoder(batch, out, logits, vocab, tasks, timer)
+        else:
+            results = [self._finish_proposals(out, i, logits[i], vocab, tasks, timer) for i in range(len(batch))]
+        for result in results:
+            result.timings = dict(timer.seconds)
+        return results
+
+    def _classify_proposals(self, out: MaskOutput, inputs: SourceInput, vocab: PreparedVocabulary
+                            ) -> Union[torch.Tensor, list[torch.Tensor]]:
+        """The adapter's logits of the source's masks: [B, Q, C+1] for a decoder (its masks binarised at the
+        preset's threshold, void included), else per image [N_i, C] of full-size masks (no void)."""
+        model = self.model
+        if out.class_logits is not None:
+            binary = out.mask_logits.sigmoid() > self.preset.mask_threshold
+            return model.classify_masks(inputs.features, binary, vocab.text, vocab.num_synonyms, with_void=True)
+        padded = tuple(inputs.images.shape[-2:])
+        logits = []
+        for i, masks in enumerate(out.mask_logits):
+            if masks.shape[0] == 0:
+                logits.append(torch.zeros((0, len(vocab))))
+                continue
+            fitted = fit_masks(_binary(masks).to(self.device), inputs.sizes[i], padded)
+            features = {k: v[i:i + 1] for k, v in inputs.features.items()}
+            logits.append(model.classify_masks(features, fitted, vocab.text, vocab.num_synonyms,
+                                               with_void=False)[0].cpu())
+        return logits
+
+    def _finish_decoder(self, batch: Sequence[PreparedImage], out: MaskOutput, adapter_logits: torch.Tensor,
+                        vocab: PreparedVocabulary, tasks: tuple[str, ...], timer: _Timer) -> list[SegmentationResult]:
+        """Ensemble the decoder's and the adapter's class logits, then semantic / panoptic / instance outputs."""
+        mask_cls = pp.geometric_ensemble(out.class_logits.float(), adapter_logits, vocab.seen,
+                                         self.preset.alpha, self.preset.beta)
+        mask_pred = F.interpolate(out.mask_logits.float(), size=_padded(batch, self.preset.size_divisibility),
+                                  mode="bilinear", align_corners=False)
         results = []
         for i, prepared in enumerate(batch):
-            with self._stage("postprocess"):
-                result = self._postprocess(vocab, tasks, is_thing, mask_cls[i], mask_pred[i], prepared.size,
+            with timer("postprocess"):
+                result = self._postprocess(vocab, tasks, mask_cls[i], mask_pred[i], prepared.size,
                                            self._output_size(prepared.input_size))
             result.input_size = prepared.input_size
             results.append(result)
         return results
 
-    @torch.no_grad()
-    def classify_masks(self, image: ImageInput, masks: Union[torch.Tensor, np.ndarray],
-                       vocabulary: VocabularyLike) -> MaskClassification:
-        """Classify ``masks`` [N, H, W] (bool or 0-1 float, at the image's size) with the adapter alone."""
-        vocab = Vocabulary.coerce(vocabulary)
-        self.timings = {}
-        with self._stage("preprocess"):
-            rgb = self._load(image)
-            masks = _as_mask_tensor(masks, tuple(rgb.shape[-2:]))
-        return self._classify(rgb, masks, vocab)
-
-    def segment_prompts(self, image: ImageInput, vocabulary: VocabularyLike, points: Sequence[Sequence[Any]] = (),
-                        boxes: Sequence[Sequence[float]] = (), top_k: int = 5, multimask: bool = True,
-                        prompt_model: Optional[PromptPredictor] = None) -> PromptSegmentation:
-        """Click to segment: SAM point prompts ``(x, y, positive)`` and boxes ``(x0, y0, x1, y1)`` in pixels of
-        ``image`` -> one mask [H, W] per prompt group with SAM's quality, classified into ``vocabulary`` by the
-        adapter (top-k classes). The SAM image embedding is computed once per image and reused across calls.
-        ``prompt_model``: the SAM / SAM 2 prompt predictor (default: the one given to the constructor)."""
-        model = prompt_model or self.prompt_model
-        if model is None:
-            raise ValueError("segment_prompts needs a SAM prompt predictor: Predictor(..., prompt_model="
-                             "SamPromptPredictor(checkpoint)) or prompt_model=")
-        return segment_prompts(self, model, image, vocabulary, points=points, boxes=boxes, top_k=top_k,
-                               multimask=multimask)
-
-    # ------------------------------------------------------------------ steps
-    @contextlib.contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
-        sync = self.options.sync_timings and self.device.type == "cuda"
-        if sync:
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        if sync:
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-
-    def _load(self, image: ImageInput) -> torch.Tensor:
-        return to_rgb_tensor(image, max_pixels=self.options.max_image_pixels)
+    def _finish_proposals(self, out: MaskOutput, i: int, logits: torch.Tensor, vocab: PreparedVocabulary,
+                          tasks: tuple[str, ...], timer: _Timer) -> SegmentationResult:
+        """Full-size proposal masks named by the adapter: painted largest first, one segment / instance each."""
+        masks = _binary(out.mask_logits[i]).cpu()
+        with timer("postprocess"):
+            cls = _named_masks(vocab.vocabulary, masks, logits)
+        H, W = int(masks.shape[-2]), int(masks.shape[-1])
+        result = SegmentationResult(vocab.vocabulary, (H, W), semantic=cls.semantic, input_size=(H, W))
+        if "panoptic" in tasks:
+            result.panoptic, result.segments = _segments_from_masks(masks, cls, vocab.vocabulary)
+        if "instance" in tasks:
+            quality = out.scores[i] if out.scores is not None else torch.ones(masks.shape[0])
+            result.instances = Instances.from_masks(masks, cls.scores * quality.to(cls.scores), cls.labels)
+        return result
 
     def _output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         H0, W0 = input_size
@@ -365,42 +430,9 @@ class Predictor:
                        W0, H0, out[1], out[0], cap)
         return out
 
-    def _classify(self, rgb: torch.Tensor, masks: torch.Tensor, vocab: Vocabulary) -> MaskClassification:
-        with self._stage("text"):
-            text = self.text_classifier(vocab)
-        with self._stage("adapter"):
-            if masks.shape[0]:
-                logits = classify_image_masks(self.model, rgb, masks, text, vocab.num_synonyms, with_void=False,
-                                              resize=self.preset.test_size, precision=self.options.precision).cpu()
-            else:
-                logits = torch.zeros((0, len(vocab)))
-        with self._stage("postprocess"):
-            probs = logits.softmax(-1)
-            scores, labels = probs.max(-1) if logits.numel() else (probs.new_zeros(0), probs.new_zeros(0).long())
-            semantic = pp.paint_masks(masks.bool().cpu(), labels)
-        return MaskClassification(vocab, logits, labels, scores, semantic)
-
-    def _run_generator(self, images: torch.Tensor, text: torch.Tensor, vocab: Vocabulary
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ensembled class log-probs [B, Q, C+1] and mask logits [B, Q, H, W] at the padded input size."""
-        model = self.model
-        with autocast(self.options.precision, self.device):
-            with self._stage("backbone"):
-                feats = model.dense_features(images)
-            with self._stage("generator"):
-                out = model.sem_seg_head(feats, model.text_with_void(text), vocab.num_synonyms)
-            with self._stage("adapter"):
-                binary = out["pred_masks"].sigmoid() > self.preset.mask_threshold
-                out_logits = model.classify_masks(feats, binary, text, vocab.num_synonyms, with_void=True)
-        mask_cls = pp.geometric_ensemble(out["pred_logits"].float(), out_logits, self._seen_mask(vocab),
-                                         self.preset.alpha, self.preset.beta)
-        mask_pred = F.interpolate(out["pred_masks"].float(), size=images.shape[-2:], mode="bilinear",
-                                  align_corners=False)
-        return mask_cls, mask_pred
-
-    def _postprocess(self, vocab: Vocabulary, tasks: tuple[str, ...], is_thing: torch.Tensor,
-                     mask_cls: torch.Tensor, mask_pred: torch.Tensor, size: tuple[int, int],
-                     out_size: tuple[int, int]) -> SegmentationResult:
+    def _postprocess(self, vocab: PreparedVocabulary, tasks: tuple[str, ...], mask_cls: torch.Tensor,
+                     mask_pred: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int]
+                     ) -> SegmentationResult:
         """Semantic / panoptic / instance outputs at ``out_size`` from [Q, C+1] log-probs and [Q, H, W] logits,
         band by band (bit-identical to resizing all Q logits at once, in memory bounded by the band budget).
 
@@ -409,58 +441,44 @@ class Predictor:
         full_bytes = mask_pred.shape[0] * out_size[0] * out_size[1] * 4
         if mask_pred.device.type != "cpu" and full_bytes > _GPU_FULL_BYTES:
             mask_cls, mask_pred = mask_cls.float().cpu(), mask_pred.float().cpu()
-        out = postprocess_banded(mask_cls, mask_pred, size, out_size, tasks, is_thing,
+        out = postprocess_banded(mask_cls, mask_pred, size, out_size, tasks, vocab.is_thing,
                                  before=self.postprocess_before_inference,
                                  object_mask_threshold=self.preset.object_mask_threshold,
                                  overlap_threshold=self.preset.overlap_threshold,
                                  top_k=self.preset.detections_per_image,
                                  band_bytes=self.options.band_mb * 2**20)
         segments = [{**s, "label": vocab.names[s["category_id"]]} for s in out.segments]
-        return SegmentationResult(vocab, out_size, semantic=out.semantic, panoptic=out.panoptic,
+        return SegmentationResult(vocab.vocabulary, out_size, semantic=out.semantic, panoptic=out.panoptic,
                                   segments=segments, instances=out.instances)
 
-    def _predict_with_proposals(self, rgb: torch.Tensor, vocab: Vocabulary, tasks: tuple[str, ...]
-                                ) -> SegmentationResult:
-        with self._stage("generator"):
-            masks, quality = self.mask_generator(rgb.permute(1, 2, 0).numpy())
-        cls = self._classify(rgb, masks, vocab)
-        H, W = int(rgb.shape[1]), int(rgb.shape[2])
-        result = SegmentationResult(vocab, (H, W), semantic=cls.semantic, input_size=(H, W))
-        if "panoptic" in tasks:
-            result.panoptic, result.segments = _segments_from_masks(masks, cls, vocab)
-        if "instance" in tasks:
-            result.instances = Instances.from_masks(masks, cls.scores * quality.to(cls.scores), cls.labels)
-        return result
 
-    def _seen_mask(self, vocab: Vocabulary) -> torch.Tensor:
-        if vocab not in self._seen:
-            self._seen[vocab] = pp.category_overlap(vocab, self._train_vocabulary).to(self.device)
-        return self._seen[vocab]
-
-def things_mask(vocab: Vocabulary, things: Things = None) -> torch.Tensor:
-    """Bool [C]: which classes are things, from ``things`` (names or flags) or by default the COCO things."""
-    if things is None:
-        return coco_thing_mask(vocab)
-    if isinstance(things, torch.Tensor) or (len(things) and isinstance(things[0], (bool, np.bool_))):
-        flags = torch.as_tensor(things, dtype=torch.bool)
-        if flags.shape != (len(vocab),):
-            raise ValueError(f"things must have one flag per class ({len(vocab)}), got {tuple(flags.shape)}")
-        return flags
-    names = {n.lower() for n in things}
-    unknown = names - {n.lower() for n in vocab.names}
-    if unknown:
-        raise ValueError(f"things names classes not in the vocabulary: {sorted(unknown)} "
-                         f"(classes: {', '.join(vocab.names)})")
-    return torch.tensor([n.lower() in names for n in vocab.names])
+def _as_source(source: Union[MaskSource, MaskProposer, None], model: MaskAdapterModel) -> Optional[MaskSource]:
+    """``source`` as a MaskSource (a bare proposer callable is wrapped); None: the model's decoder, if any."""
+    if source is None:
+        return model.sem_seg_head
+    if hasattr(source, "propose") and hasattr(source, "needs_rgb"):
+        return source
+    if callable(source):
+        return ProposalSource(source)
+    raise TypeError(f"mask_source must be a MaskSource (needs_rgb, propose) or a callable image -> (masks, "
+                    f"scores), got {type(source).__name__}")
 
 
-def check_tasks(tasks: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    """``tasks`` as a tuple; ValueError unless it is a non-empty subset of ``TASKS``."""
-    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-    bad = [t for t in tasks if t not in TASKS]
-    if bad or not tasks:
-        raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(tasks)}")
-    return tasks
+def _padded(batch: Sequence[PreparedImage], divisor: int) -> tuple[int, int]:
+    return padded_size([p.size for p in batch], divisor)
+
+
+def _binary(masks: torch.Tensor) -> torch.Tensor:
+    """Proposal masks [N, H, W] as bool: kept as they are when bool, else where the logit is > 0."""
+    return masks if masks.dtype == torch.bool else masks > 0
+
+
+def _named_masks(vocab: Vocabulary, masks: torch.Tensor, logits: torch.Tensor) -> MaskClassification:
+    """Labels, scores and the painted label map of ``masks`` [N, H, W] from the adapter's ``logits`` [N, C]."""
+    probs = logits.softmax(-1)
+    scores, labels = probs.max(-1) if logits.numel() else (probs.new_zeros(0), probs.new_zeros(0).long())
+    semantic = pp.paint_masks(masks.bool().cpu(), labels)
+    return MaskClassification(vocab, logits, labels, scores, semantic)
 
 
 def _as_mask_tensor(masks: Union[torch.Tensor, np.ndarray], size: tuple[int, int]) -> torch.Tensor:

@@ -1,14 +1,17 @@
 """Click to segment: SAM / SAM 2 point and box prompts, each mask named by the adapter.
 
-    sam = SamPromptPredictor("sam_vit_b_01ec64.pth", "sam", device="cuda")
+    sam = SamPromptPredictor("sam_vit_b_01ec64.pth", device="cuda")
     p = Predictor.from_adapter("adapter.safetensors", clip_weights="fcclip_cocopan.pth")
-    r = segment_prompts(p, sam, "photo.jpg", "cat, sofa, window", points=[(120, 80, True)])
+    segmenter = PromptSegmenter(p, sam)          # wraps both, the way SamPredictor wraps Sam
+    r = segmenter("photo.jpg", "cat, sofa, window", points=[(120, 80, True)])
     r.labels, r.top(0)          # class of the clicked object, its top-5 (name, probability)
 
 Prompt groups: all points form one group (one object: positive points on it, negative points off it); each box
 is a group of its own; points given with exactly one box refine that box (one group, as in SAM's box-and-click
-use). Points with several boxes are refused: which box would they refine? Each group gives one mask: SAM's best
-output by its predicted IoU (of three with ``multimask=True``), classified by :meth:`Predictor.classify_masks`.
+use). Points with several boxes are refused: which box would they refine? Each group gives one mask, chosen by
+SAM's own rule (:func:`use_multimask`): for a single click, whose object is ambiguous, the best of SAM's three
+masks by predicted IoU; for several clicks, a box, or a box with clicks, SAM's single mask. The masks are
+classified by :meth:`Predictor.classify_masks`.
 """
 
 from __future__ import annotations
@@ -16,28 +19,32 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from ..images import ImageInput, to_rgb_tensor
-from ..modeling.generators.sam import PromptPredictor, point_arrays
+from ..modeling.generators.sam import point_arrays
+from ..modeling.generators.source import PromptPredictor
 from ..vocabulary import Vocabulary, VocabularyLike
+from .results import MaskClassification
 from .visualize import font_size_for, overlay_segments
+from .vocabularies import PreparedVocabulary
 
-if TYPE_CHECKING:  # the predictor calls this module
-    from .predictor import MaskClassification, Predictor
+if TYPE_CHECKING:  # only a type here: the segmenter calls the predictor's public methods
+    from .predictor import Predictor
 
-__all__ = ["PromptGroup", "PromptSegmentation", "segment_prompts", "prompt_groups", "parse_points", "parse_boxes",
-           "prompt_overlay", "POINTS_SYNTAX", "BOXES_SYNTAX"]
+__all__ = ["PromptGroup", "PromptSegmentation", "PromptSegmenter", "segment_prompts", "use_multimask",
+           "prompt_groups", "parse_points", "parse_boxes", "prompt_overlay", "POINTS_SYNTAX", "BOXES_SYNTAX"]
 
 Point = tuple[float, float, bool]
 Box = tuple[float, float, float, float]
 #: One-line summaries of the text syntaxes of :func:`parse_points` / :func:`parse_boxes` (``--help``).
 POINTS_SYNTAX = ('"x,y;x,y" in pixels of the image; "+x,y" (the default) marks a point on the object, "-x,y" a '
-                 'point off it, e.g. "+120,80;-200,40"')
+                 'point off it, e.g. "+120,80;-200,40" (on the command line, a value starting with "-" is given as '
+                 '--points="-20,70")')
 BOXES_SYNTAX = '"x0,y0,x1,y1;..." in pixels (left, top, right, bottom), each box one object'
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"  # pixel coordinates: never negative, so no sign
 
@@ -174,42 +181,82 @@ def _check_box(box: Any, i: int, W: int, H: int) -> Box:
 
 
 # ---------------------------------------------------------------------------------------------- segmentation
-@torch.no_grad()
-def segment_prompts(predictor: Predictor, prompt_model: PromptPredictor, image: ImageInput,
-                    vocabulary: VocabularyLike, points: Sequence[Sequence[Any]] = (),
-                    boxes: Sequence[Sequence[float]] = (), top_k: int = 5, multimask: bool = True
-                    ) -> PromptSegmentation:
-    """Segment the prompts on ``image`` with ``prompt_model`` (SAM / SAM 2) and classify each mask into
-    ``vocabulary`` with ``predictor`` (any :class:`Predictor`; an adapter-only one is enough).
+def use_multimask(group: PromptGroup) -> bool:
+    """SAM's rule for how many masks to ask for: three (the best kept by predicted IoU) for a single click, whose
+    object is ambiguous; one for several clicks, a box, or a box with clicks (SAM 2 ``_use_multimask``: at most
+    one point, a box counting as two; SAM's ONNX ``select_masks``)."""
+    return len(group.points) == 1 and group.box is None
 
-    ``points``: (x, y, positive) in image pixels (a bare (x, y) is positive); ``boxes``: (x0, y0, x1, y1).
-    ``multimask``: SAM returns three masks per group and the one with the highest predicted IoU is kept
-    (SAM's advice for one ambiguous click); False asks SAM for one mask, often better for several prompts.
-    The image embedding is reused when the prompt model already holds this image (interactive clicks).
+
+class PromptSegmenter:
+    """Click to segment: a SAM / SAM 2 prompt predictor makes the masks, a :class:`Predictor` names them.
+
+    It wraps the two the way SAM's ``SamPredictor`` wraps ``Sam``: ``PromptSegmenter(predictor, sam)(image,
+    vocabulary, points=..., boxes=...)``. ``predictor``: any predictor (an adapter-only one is enough);
+    ``sam``: a :class:`~maskadapter.modeling.generators.source.PromptPredictor` such as ``SamPromptPredictor``,
+    whose image embedding is reused while the image stays the same (interactive clicks). ``multimask``: None
+    (default) follows SAM's rule (:func:`use_multimask`); True keeps the best of three masks for every group,
+    False SAM's single mask for every group.
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-    vocab = Vocabulary.coerce(vocabulary)
-    rgb = to_rgb_tensor(image, max_pixels=predictor.max_image_pixels)
-    H, W = int(rgb.shape[1]), int(rgb.shape[2])
-    groups = prompt_groups(points, boxes, (H, W))
-    computed = bool(prompt_model.set_image(np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())))
-    masks, sam_scores = [], []
-    for group in groups:
+
+    def __init__(self, predictor: Predictor, sam: PromptPredictor, multimask: Optional[bool] = None) -> None:
+        if not (hasattr(sam, "set_image") and hasattr(sam, "predict")):
+            raise TypeError(f"sam must be a prompt predictor (set_image, predict), got {type(sam).__name__}")
+        self.predictor, self.sam, self.multimask = predictor, sam, _check_multimask(multimask)
+
+    @torch.no_grad()
+    def __call__(self, image: ImageInput, vocabulary: Union[VocabularyLike, PreparedVocabulary],
+                 points: Sequence[Sequence[Any]] = (), boxes: Sequence[Sequence[float]] = (), top_k: int = 5,
+                 multimask: Optional[bool] = None) -> PromptSegmentation:
+        """Segment the prompts on ``image`` and classify each mask into ``vocabulary`` (top-``top_k`` classes).
+
+        ``points``: (x, y, positive) in image pixels (a bare (x, y) is positive); ``boxes``: (x0, y0, x1, y1).
+        ``multimask``: overrides the segmenter's choice for this call (None: the segmenter's)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        multimask = self.multimask if multimask is None else _check_multimask(multimask)
+        vocab = self.predictor.prepare_vocabulary(vocabulary)
+        rgb = to_rgb_tensor(image, max_pixels=self.predictor.max_image_pixels)
+        H, W = int(rgb.shape[1]), int(rgb.shape[2])
+        groups = prompt_groups(points, boxes, (H, W))
+        computed = bool(self.sam.set_image(np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())))
+        masks, sam_scores = [], []
+        for group in groups:
+            mask, score = self._mask(group, use_multimask(group) if multimask is None else multimask)
+            masks.append(mask)
+            sam_scores.append(score)
+        stacked = torch.stack(masks)
+        if stacked.shape[-2:] != (H, W):
+            raise ValueError(f"the prompt model returned masks of {list(stacked.shape[-2:])}, not the image's "
+                             f"[{H}, {W}]")
+        cls = self.predictor.classify_masks(rgb, stacked, vocab)
+        k = min(top_k, len(vocab))
+        top_scores, top_classes = cls.logits.softmax(-1).topk(k, dim=-1)
+        return PromptSegmentation(vocab.vocabulary, (H, W), groups, stacked, torch.tensor(sam_scores), cls,
+                                  top_classes, top_scores, computed)
+
+    def _mask(self, group: PromptGroup, multimask: bool) -> tuple[torch.Tensor, float]:
+        """The mask [H, W] bool SAM gives one group, and its predicted IoU: the best of three, or the single one."""
         coords, labels = point_arrays(group.points)
         box = np.array(group.box, dtype=np.float32) if group.box is not None else None
-        out, iou = prompt_model.predict(point_coords=coords, point_labels=labels, box=box, multimask_output=multimask)
+        out, iou = self.sam.predict(point_coords=coords, point_labels=labels, box=box, multimask_output=multimask)
         best = int(torch.as_tensor(iou).argmax())
-        masks.append(torch.as_tensor(out[best]).bool().cpu())
-        sam_scores.append(float(iou[best]))
-    stacked = torch.stack(masks)
-    if stacked.shape[-2:] != (H, W):
-        raise ValueError(f"the prompt model returned masks of {list(stacked.shape[-2:])}, not the image's [{H}, {W}]")
-    cls = predictor.classify_masks(rgb, stacked, vocab)
-    k = min(top_k, len(vocab))
-    top_scores, top_classes = cls.logits.softmax(-1).topk(k, dim=-1)
-    return PromptSegmentation(vocab, (H, W), groups, stacked, torch.tensor(sam_scores), cls, top_classes,
-                              top_scores, computed)
+        return torch.as_tensor(out[best]).bool().cpu(), float(iou[best])
+
+
+def _check_multimask(multimask: Optional[bool]) -> Optional[bool]:
+    if multimask is not None and not isinstance(multimask, (bool, np.bool_)):
+        raise TypeError(f"multimask must be True, False or None (SAM's rule), got {multimask!r}")
+    return None if multimask is None else bool(multimask)
+
+
+def segment_prompts(predictor: Predictor, prompt_model: PromptPredictor, image: ImageInput,
+                    vocabulary: Union[VocabularyLike, PreparedVocabulary], points: Sequence[Sequence[Any]] = (),
+                    boxes: Sequence[Sequence[float]] = (), top_k: int = 5, multimask: Optional[bool] = None
+                    ) -> PromptSegmentation:
+    """``PromptSegmenter(predictor, prompt_model)(image, vocabulary, ...)`` in one call (see :class:`PromptSegmenter`)."""
+    return PromptSegmenter(predictor, prompt_model)(image, vocabulary, points=points, boxes=boxes, top_k=top_k,
+                                                    multimask=multimask)
 
 
 def _bbox(mask: torch.Tensor) -> list[int]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderConfig
+from .source import MaskOutput, SourceInput
 from .transformer_decoder import FCCLIPTransformerDecoder, TransformerDecoderConfig
 
 __all__ = ["FCCLIPHeadConfig", "FCCLIPHead"]
@@ -28,7 +29,10 @@ class FCCLIPHeadConfig:
 
 
 class FCCLIPHead(nn.Module):
-    """Class-agnostic mask proposals with FC-CLIP's in-vocabulary classification."""
+    """Class-agnostic mask proposals with FC-CLIP's in-vocabulary classification: the decoder
+    :class:`~maskadapter.modeling.generators.source.MaskSource` of FC-CLIP and MAFT+."""
+
+    needs_rgb = False  #: works on the backbone features alone
 
     def __init__(self, config: FCCLIPHeadConfig) -> None:
         super().__init__()
@@ -48,3 +52,8 @@ class FCCLIPHead(nn.Module):
         ``pred_masks`` [B, Q, H/4, W/4] (logits)."""
         mask_features, multi_scale = self.pixel_decoder.forward_features(features)
         return self.predictor(multi_scale, mask_features, text_classifier, num_synonyms)
+
+    def propose(self, inputs: SourceInput) -> MaskOutput:
+        """Mask logits [B, Q, Hp/4, Wp/4] and in-vocabulary class logits [B, Q, C+1] of a prepared batch."""
+        out = self(inputs.features, inputs.text, inputs.num_synonyms)
+        return MaskOutput(out["pred_masks"], out["pred_logits"])

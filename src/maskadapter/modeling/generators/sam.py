@@ -12,17 +12,19 @@ import hashlib
 import importlib
 import logging
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from ...checkpoint import read_state_dict
+from .source import MaskOutput, MaskProposer, PromptPredictor, ProposalSource, SourceInput
+
 __all__ = ["MaskProposer", "PromptPredictor", "SamModel", "SamMaskGenerator", "SamPromptPredictor", "load_sam",
-           "resolve_sam_model_type", "SAM_BACKENDS", "SAM_MODEL_TYPES", "SAM2_CONFIGS"]
+           "resolve_sam_model_type", "infer_sam_model", "SAM_BACKENDS", "SAM_MODEL_TYPES", "SAM2_CONFIGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,32 +36,14 @@ SAM2_CONFIGS = {f"{version}_hiera_{size}": f"configs/{version}/{version}_hiera_{
                 for version in ("sam2.1", "sam2") for size in ("t", "s", "b+", "l")}
 # words of the released checkpoint file names (sam2.1_hiera_base_plus.pt, sam_vit_h_4b8939.pth)
 _SAM2_SIZES = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l", "t": "t", "s": "s", "b+": "b+", "l": "l"}
+# what tells the released networks apart in a state dict: SAM's ViT depth, SAM 2's Hiera block count (its stages
+# summed), and SAM 2.1's extra no-object embedding
+_SAM_DEPTHS = {12: "vit_b", 24: "vit_l", 32: "vit_h"}
+_SAM2_BLOCKS = {12: "t", 16: "s", 24: "b+", 48: "l"}
+_SAM_BLOCK = re.compile(r"^image_encoder\.blocks\.(\d+)\.")
+_SAM2_BLOCK = re.compile(r"^image_encoder\.trunk\.blocks\.(\d+)\.")
 _SAM2_FILE = re.compile(r"(sam2(?:\.1)?)_hiera_(tiny|small|base_plus|large|b\+|t|s|l)(?![a-z])")
 PathLike = Union[str, os.PathLike]
-
-
-class MaskProposer(Protocol):
-    """Anything that proposes binary masks: ``(image [H, W, 3] uint8) -> masks [N, H, W] bool, scores [N]``."""
-
-    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        ...
-
-
-class PromptPredictor(Protocol):
-    """Anything that segments prompts on one image at a time, like SAM's ``SamPredictor``.
-
-    ``set_image(image [H, W, 3] uint8)`` prepares the image (returns whether work was done), then
-    ``predict(point_coords [N, 2] xy pixels | None, point_labels [N] 1 = positive / 0 = negative | None,
-    box [4] x0 y0 x1 y1 pixels | None, multimask_output) -> masks [K, H, W] bool, predicted IoU scores [K]``.
-    """
-
-    def set_image(self, image: np.ndarray) -> bool:
-        ...
-
-    def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
-                box: Optional[np.ndarray] = None, multimask_output: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        ...
 
 
 @dataclass(frozen=True)
@@ -92,6 +76,12 @@ def _import(module: str, extra: str) -> Any:
                           f"{hint} ({exc})") from exc
 
 
+def _package(backend: str) -> Any:
+    """The module that builds networks of ``backend``: segment_anything or sam2.build_sam (ImportError: the fix)."""
+    _check_backend(backend)
+    return _import("segment_anything", "sam") if backend == "sam" else _import("sam2.build_sam", "sam2")
+
+
 def _check_backend(backend: str) -> None:
     if backend not in SAM_BACKENDS:
         raise ValueError(f"backend must be 'sam' or 'sam2', got {backend!r}")
@@ -121,23 +111,46 @@ def resolve_sam_model_type(backend: str, model_type: Optional[str], checkpoint: 
     return SAM2_CONFIGS[f"{match.group(1)}_hiera_{_SAM2_SIZES[match.group(2)]}"]
 
 
-def load_sam(checkpoint: PathLike, backend: str = "sam", model_type: Optional[str] = None,
+def infer_sam_model(state: Mapping[str, torch.Tensor]) -> tuple[Optional[str], Optional[str]]:
+    """(backend, model type) a SAM / SAM 2 state dict fits, from its layout: SAM's ViT depth (12 blocks: vit_b,
+    24: vit_l, 32: vit_h), SAM 2's Hiera block count (12: t, 16: s, 24: b+, 48: l; SAM 2.1 has
+    ``no_obj_embed_spatial``). (backend or None, None) when the layout names no released network."""
+    sam = {int(m.group(1)) for k in state if (m := _SAM_BLOCK.match(k))}
+    sam2 = {int(m.group(1)) for k in state if (m := _SAM2_BLOCK.match(k))}
+    if sam2:
+        size = _SAM2_BLOCKS.get(max(sam2) + 1)
+        version = "sam2.1" if "no_obj_embed_spatial" in state else "sam2"
+        return "sam2", SAM2_CONFIGS[f"{version}_hiera_{size}"] if size else None
+    if sam:
+        return "sam", _SAM_DEPTHS.get(max(sam) + 1)
+    return None, None
+
+
+def load_sam(checkpoint: PathLike, backend: Optional[str] = None, model_type: Optional[str] = None,
              device: Union[str, torch.device] = "cpu") -> SamModel:
     """Build a SAM (``backend="sam"``, types vit_h / vit_l / vit_b) or SAM 2 (``"sam2"``, a config name) network
-    from ``checkpoint``; ``model_type`` None guesses it from the released file name."""
-    _check_backend(backend)
+    and load ``checkpoint`` into it.
+
+    The file is read with the package's weights-only reader (never the SAM packages' own ``torch.load``) and the
+    network is built without a checkpoint path. ``backend`` / ``model_type`` None: read from the state dict's
+    layout (:func:`infer_sam_model`), else from the released file name (``sam_vit_b_01ec64.pth``)."""
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
+    if backend is not None:
+        _package(backend)  # a missing package is reported before the file is read
+    state = read_state_dict(checkpoint)
+    found_backend, found_type = infer_sam_model(state)
+    backend = backend or found_backend or "sam"
+    if model_type is None and found_backend == backend and found_type is not None:
+        model_type = found_type
     model_type = resolve_sam_model_type(backend, model_type, checkpoint)
+    if backend == "sam":
+        network = _package(backend).sam_model_registry[model_type](checkpoint=None)
+    else:
+        network = _build_sam2(_package(backend), model_type)
     try:
-        if backend == "sam":
-            sam = _import("segment_anything", "sam")
-            network = sam.sam_model_registry[model_type](checkpoint=str(checkpoint))
-        else:
-            build = _import("sam2.build_sam", "sam2")
-            network = _build_sam2(build, model_type, str(checkpoint))
-    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        # weights of another model, a file that holds no weights, a truncated file
+        network.load_state_dict(state)
+    except RuntimeError as exc:  # weights of another model: missing, unexpected or mis-shaped keys
         raise ValueError(f"SAM checkpoint {checkpoint} does not load as {backend} {model_type!r}: "
                          f"{str(exc).splitlines()[0][:300]}") from exc
     network = network.to(device).eval()
@@ -145,10 +158,11 @@ def load_sam(checkpoint: PathLike, backend: str = "sam", model_type: Optional[st
     return SamModel(backend, model_type, network, str(checkpoint))
 
 
-def _build_sam2(build: Any, config: str, checkpoint: str) -> torch.nn.Module:
-    """SAM 2 from a config name of the ``sam2`` package; an unknown config is a ValueError listing the known ones."""
+def _build_sam2(build: Any, config: str) -> torch.nn.Module:
+    """SAM 2 from a config name of the ``sam2`` package, without weights; an unknown config is a ValueError
+    listing the known ones."""
     try:
-        return build.build_sam2(config, checkpoint, device="cpu")
+        return build.build_sam2(config, None, device="cpu")
     except Exception as exc:
         if type(exc).__name__ == "MissingConfigException":  # hydra's, without importing hydra here
             raise ValueError(f"unknown SAM 2 config {config!r}; one of {', '.join(SAM2_CONFIGS)} "
@@ -156,12 +170,12 @@ def _build_sam2(build: Any, config: str, checkpoint: str) -> torch.nn.Module:
         raise
 
 
-def _model_from(checkpoint: Union[PathLike, SamModel], backend: str, model_type: Optional[str],
+def _model_from(checkpoint: Union[PathLike, SamModel], backend: Optional[str], model_type: Optional[str],
                 device: Union[str, torch.device]) -> SamModel:
     return checkpoint if isinstance(checkpoint, SamModel) else load_sam(checkpoint, backend, model_type, device)
 
 
-def _wrap(checkpoint: Union[PathLike, SamModel], backend: str, model_type: Optional[str],
+def _wrap(checkpoint: Union[PathLike, SamModel], backend: Optional[str], model_type: Optional[str],
           device: Union[str, torch.device], builder: Optional[Callable[..., Any]], kwargs: dict,
           sam_class: tuple[str, str], sam2_class: tuple[str, str]) -> tuple[Optional[SamModel], Any]:
     """(the loaded network, the package's ``class(network, **kwargs)`` for its backend), or with ``builder``
@@ -170,7 +184,6 @@ def _wrap(checkpoint: Union[PathLike, SamModel], backend: str, model_type: Optio
         if not isinstance(checkpoint, SamModel) and not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
         return None, builder(checkpoint, **kwargs)
-    _check_backend(checkpoint.backend if isinstance(checkpoint, SamModel) else backend)
     model = _model_from(checkpoint, backend, model_type, device)
     module, name = sam_class if model.backend == "sam" else sam2_class
     extra = "sam" if model.backend == "sam" else "sam2"
@@ -184,7 +197,8 @@ def _check_rgb(image: np.ndarray) -> None:
 
 
 class SamMaskGenerator:
-    """SAM or SAM 2 automatic mask generation: ``(image [H, W, 3] uint8) -> masks [N, H, W], scores [N]``.
+    """SAM or SAM 2 automatic mask generation: ``(image [H, W, 3] uint8) -> masks [N, H, W], scores [N]``; a
+    proposal :class:`~maskadapter.modeling.generators.source.MaskSource` for a predictor.
 
     ``checkpoint``: a SAM / SAM 2 file, or a :class:`SamModel` already loaded (shared with the prompt mode).
     Extra keyword arguments go to the automatic mask generator (``points_per_side``, ``pred_iou_thresh``, ...).
@@ -194,7 +208,7 @@ class SamMaskGenerator:
     def __init__(
         self,
         checkpoint: Union[PathLike, SamModel],
-        backend: str = "sam",
+        backend: Optional[str] = None,
         model_type: Optional[str] = None,
         device: Union[str, torch.device] = "cpu",
         min_area: int = 0,
@@ -206,6 +220,12 @@ class SamMaskGenerator:
             checkpoint, backend, model_type, device, builder, generator_kwargs,
             ("segment_anything", "SamAutomaticMaskGenerator"),
             ("sam2.automatic_mask_generator", "SAM2AutomaticMaskGenerator"))
+
+    needs_rgb = True  #: SAM works on the full-resolution image
+
+    def propose(self, inputs: SourceInput) -> MaskOutput:
+        """Automatic masks [N_i, H, W] and predicted IoUs [N_i] of each image of a prepared batch."""
+        return ProposalSource(self).propose(inputs)
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks [N, H, W] bool (largest first) and their predicted IoU scores [N] for ``image`` [H, W, 3] uint8."""
@@ -243,7 +263,7 @@ class SamPromptPredictor:
     def __init__(
         self,
         checkpoint: Union[PathLike, SamModel],
-        backend: str = "sam",
+        backend: Optional[str] = None,
         model_type: Optional[str] = None,
         device: Union[str, torch.device] = "cpu",
         builder: Optional[Callable[..., Any]] = None,

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .position_encoding import PositionEmbeddingSine
+from .generators.position_encoding import PositionEmbeddingSine
 
 __all__ = ["ContentDependentTransfer", "CDTMode"]
 
