@@ -18,7 +18,7 @@ from torch import nn
 from ..checkpoint import CheckpointError, load_part, read_state_dict, split_checkpoint
 from ..config import ClipConfig, HeadConfig
 from .clip_backbone import ClipBackbone, DenseProjection
-from .generators.cdt import CDTMode, ContentDependentTransfer
+from .cdt import CDTMode, ContentDependentTransfer
 from .generators.fcclip import FCCLIPHead, FCCLIPHeadConfig
 from .head import HeadPath, MaskAdapterHead
 from .pooling import activation_pool, mask_embeddings
