@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 from ..constants import TASKS
 from ..inference import formats
 from ..vocabulary import FILE_SYNTAX, INLINE_SYNTAX
-from .common import add_model_arguments, build_predictor, say
+from .common import add_model_arguments, build_predictor, build_sam, say
 
 __all__ = ["register", "run_segment"]
 
@@ -71,13 +71,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     "--sam-checkpoint; one image)")
     p.add_argument("--boxes", help="SAM box prompts, " + _BOXES_HELP + " (needs --sam-checkpoint; one image)")
     p.add_argument("--top-k", type=int, default=5, help="classes listed per prompt (default 5)")
+    p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the best of SAM's three masks (--multimask) or SAM's single mask (--no-multimask) for "
+                        "every prompt group; default: SAM's rule, three for a single click, one otherwise")
+    # "--points -20,70;+35,40": a value starting with "-" and a digit is a value (a negative point), not an option
+    p._negative_number_matcher = re.compile(r"^-\.?\d")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--format", choices=formats.NAMES, default="files", help="output format (default files)")
     p.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=None,
                    help="write an overlay PNG per image (default: yes for --format files, no for coco)")
     p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
     p.add_argument("--batch-size", type=int, default=1,
-                   help="images per forward pass, grouped by padded size (default 1); maps equal batch size 1, "
+                   help="images per forward pass, by padded size (default 1); maps equal batch size 1 but at ties, "
                         "scores agree to float rounding")
     p.add_argument("--workers", type=int, default=2, help="processes decoding images (default 2; 0: none)")
     p.add_argument("--limit", type=int, help="segment the first N input images only")
@@ -178,20 +183,39 @@ def _collect(args: argparse.Namespace, output: Path, fmt: Any) -> Any:
 
 
 def _check_prompts(args: argparse.Namespace) -> tuple[list, list]:
-    """Parsed --points / --boxes; they need SAM and exactly one image file."""
-    if not (args.points or args.boxes):
+    """Parsed --points / --boxes (an empty one is an error); they need SAM and exactly one image file, and must
+    lie inside it (its size read from the header, before the model loads)."""
+    if args.points is None and args.boxes is None:
+        if args.multimask is not None:
+            raise ValueError("--multimask / --no-multimask go with --points / --boxes")
         return [], []
-    from ..inference.prompts import parse_boxes, parse_points
+    from ..inference.prompts import parse_boxes, parse_points, prompt_groups
 
-    points = parse_points(args.points) if args.points else []
-    boxes = parse_boxes(args.boxes) if args.boxes else []
+    points = parse_points(args.points) if args.points is not None else []
+    boxes = parse_boxes(args.boxes) if args.boxes is not None else []
     if not args.sam_checkpoint:
         raise ValueError("--points / --boxes need --sam-checkpoint PATH (SAM or SAM 2 weights)")
     if len(args.images) != 1 or args.image_list or args.images_json or not Path(args.images[0]).is_file():
         raise ValueError("--points / --boxes are pixels of one image: give exactly one image file")
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    try:
+        prompt_groups(points, boxes, _upright_size(Path(args.images[0])))
+    except ValueError as exc:
+        raise ValueError(f"--points / --boxes: {exc}") from exc
     return points, boxes
+
+
+def _upright_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file as it will be decoded (EXIF orientation applied), from its header."""
+    from PIL import Image
+
+    from ..images import image_size
+
+    width, height = image_size(path)
+    with Image.open(path) as im:
+        orientation = im.getexif().get(0x0112, 1)  # 5-8: the picture is stored rotated by 90 degrees
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -252,14 +276,16 @@ def _segment_prompts(args: argparse.Namespace, settings: _Settings) -> int:
 
     from ..fileio import atomic_save_image, atomic_write_json
     from ..images import to_rgb_tensor
-    from ..inference.prompts import prompt_overlay
+    from ..inference.prompts import PromptSegmenter, prompt_overlay
     from ..inference.writers import categories_json, encode_label_map
+    from ..modeling.generators.sam import SamPromptPredictor
 
     path = Path(args.images[0])
-    predictor = build_predictor(args)
+    sam = build_sam(args)  # one network: the prompts, and the automatic masks with --generator sam
+    predictor = build_predictor(args, sam=sam)
     rgb = to_rgb_tensor(path, max_pixels=predictor.max_image_pixels)
-    result = predictor.segment_prompts(rgb, settings.vocab, points=settings.points, boxes=settings.boxes,
-                                       top_k=args.top_k)
+    segmenter = PromptSegmenter(predictor, SamPromptPredictor(sam), multimask=args.multimask)
+    result = segmenter(rgb, settings.vocab, points=settings.points, boxes=settings.boxes, top_k=args.top_k)
     stem, H, W = path.stem, int(rgb.shape[1]), int(rgb.shape[2])
     atomic_save_image(prompt_overlay(rgb.permute(1, 2, 0).numpy(), result), settings.output / f"{stem}_overlay.png")
     atomic_save_image(Image.fromarray(encode_label_map(result.semantic, len(settings.vocab))),
@@ -315,22 +341,18 @@ def _listing(paths: list, limit: int = _NOTE_LIMIT) -> str:
 
 def _print_input_notes(inputs: Any) -> None:
     """What was met but not segmented, and inputs renamed so their outputs stay apart."""
-    if inputs.skipped_folders:
-        say(f"note: {len(inputs.skipped_folders)} sub-folder(s) not entered (add --recursive): "
-            f"{_listing(inputs.skipped_folders)}")
-    if inputs.non_images:
-        say(f"note: {len(inputs.non_images)} file(s) that are not images skipped: {_listing(inputs.non_images)}")
+    notes = [
+        (inputs.skipped_folders, "sub-folder(s) not entered (add --recursive)"),
+        (inputs.non_images, "file(s) that are not images skipped"),
+        (inputs.repeated, "input(s) name an image met before (segmented once)"),
+        (inputs.skipped_links, "link(s) to folders not entered (name them to segment them)"),
+        (inputs.own_outputs, "file(s) written by an earlier run into the output folder skipped"),
+    ]
+    for paths, what in notes:
+        if paths:
+            say(f"note: {len(paths)} {what}: {_listing(paths)}")
     if inputs.excluded:
         say(f"note: the output folder inside an input folder is not read: {_listing(inputs.excluded)}")
-    if inputs.repeated:
-        say(f"note: {len(inputs.repeated)} input(s) name an image met before (segmented once): "
-            f"{_listing(inputs.repeated)}")
-    if inputs.skipped_links:
-        say(f"note: {len(inputs.skipped_links)} link(s) to folders not entered (name them to segment them): "
-            f"{_listing(inputs.skipped_links)}")
-    if inputs.own_outputs:
-        say(f"note: {len(inputs.own_outputs)} file(s) written by an earlier run into the output folder skipped: "
-            f"{_listing(inputs.own_outputs)}")
     for path, reason in inputs.conflicts[:_NOTE_LIMIT]:
         say(f"note: {path} gets another output name: {reason}")
     if inputs.renamed:
@@ -364,10 +386,8 @@ def _print_summary(report: Any, options: Any) -> None:
     layout = ", ".join(options.output.paths("<name>").values())
     print(f"outputs ({', '.join(options.tasks)}) written to {report.output_dir}/: {layout}, records/<name>.json; "
           f"{', '.join(report.files)}")
-    if report.failed:
-        for path, error in report.failures[:_NOTE_LIMIT]:
-            print(f"failed: {path}: {error}", file=sys.stderr)
-        print(f"{report.failed} of {report.total} images failed (all listed in "
+    if report.failed:  # each failure had its "error:" line as it happened: the count, not the lines again
+        print(f"{report.failed} of {report.total} images failed (each named above with its error; all listed in "
               f"{report.output_dir / 'manifest.json'})", file=sys.stderr)
     sys.stdout.flush()
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Protocol, Sequence, runtime_checkable
 
+from ...fileio import atomic_save_image
+
 if TYPE_CHECKING:
     import numpy as np
 
     from ..predictor import SegmentationResult
 
-__all__ = ["OutputFormat", "ImageOutput", "DoneImage", "NAMES", "create", "from_description"]
+__all__ = ["OutputFormat", "ImageOutput", "DoneImage", "NAMES", "create", "from_description", "save_overlay"]
 
 #: the formats the package ships: name -> module of this package holding its ``Format`` class
 _BUILTIN = {"files": "files", "coco": "coco"}
@@ -83,3 +85,12 @@ def from_description(description: Any) -> OutputFormat:
         raise ValueError(f"output format {description!r} is not a built-in one ({', '.join(NAMES)})")
     settings = {k: description[k] for k in ("tasks", "overlays", "overlay_task") if k in description}
     return create(description["name"], **settings)
+
+
+def save_overlay(path: Path, image: ImageOutput) -> None:
+    """Write the overlay of ``image`` (its segments of ``image.task`` over the RGB image) to ``path`` atomically."""
+    from ..writers import overlay_image  # torch
+
+    if image.rgb is None:
+        raise ValueError("an overlay needs the image: the format must set needs_image")
+    atomic_save_image(overlay_image(image.rgb, image.result, image.task), path)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from ...constants import TASKS
-from ...fileio import JsonSpool, atomic_path, write_json_with_arrays
-from . import DoneImage, ImageOutput
+from ...fileio import JsonSpool, atomic_path, atomic_save_image, write_json_with_arrays
+from . import DoneImage, ImageOutput, save_overlay
 
 __all__ = ["Format", "CocoWriter", "PANOPTIC_JSON", "INSTANCES_JSON", "segments_info", "instance_results",
            "panoptic_png"]
@@ -61,8 +61,7 @@ class Format:
 
     def write(self, folder: Path, image: ImageOutput) -> dict:
         """The image's PNGs; its ``segments_info`` and instance results go into its record."""
-        from ...fileio import atomic_save_image
-        from ..writers import label_map_image, overlay_image
+        from ..writers import label_map_image  # torch
 
         paths = self.paths(image.key)
         atomic_save_image(label_map_image(image.result), folder / paths["semantic"])
@@ -71,9 +70,7 @@ class Format:
             atomic_save_image(panoptic_png(image.result.panoptic), folder / paths["panoptic"])
             extra["segments_info"] = segments_info(image.data)
         if self.overlays:
-            if image.rgb is None:
-                raise ValueError("overlays need the image")
-            atomic_save_image(overlay_image(image.rgb, image.result, image.task), folder / paths["overlay"])
+            save_overlay(folder / paths["overlay"], image)
         if "instance" in self.tasks:
             extra["instances"] = instance_results(image.data)
         return extra

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from . import DoneImage, ImageOutput
+from ...fileio import atomic_save_image, atomic_write_json
+from . import DoneImage, ImageOutput, save_overlay
 
 __all__ = ["Format"]
 
@@ -35,16 +36,13 @@ class Format:
 
     def write(self, folder: Path, image: ImageOutput) -> dict:
         """Label map, JSON and overlay of one image."""
-        from ...fileio import atomic_save_image, atomic_write_json
-        from ..writers import label_map_image, overlay_image
+        from ..writers import label_map_image  # torch
 
         paths = self.paths(image.key)
         atomic_save_image(label_map_image(image.result), folder / paths["labels"])
         atomic_write_json(folder / paths["json"], image.data)
         if self.overlays:
-            if image.rgb is None:
-                raise ValueError("overlays need the image")
-            atomic_save_image(overlay_image(image.rgb, image.result, image.task), folder / paths["overlay"])
+            save_overlay(folder / paths["overlay"], image)
         return {}
 
     def finish(self, folder: Path, head: dict, images: Iterable[DoneImage]) -> list[str]:
