@@ -490,17 +490,27 @@ def test_save_state_containers(tmp_path):
         save_state(state, tmp_path / "a.bin")
 
 
-def test_export_needs_base_weights_for_full(tmp_path):
+def test_export_full_takes_the_base_weights_or_rebuilds_them_from_the_seed(tmp_path):
     from maskadapter.training.checkpointing import CHECKPOINT_FORMAT, atomic_save
+    from maskadapter.training.setup import seeded_model
 
+    from training_utils import write_tiny_preset
+
+    config = TrainConfig()
+    config.model.preset = str(write_tiny_preset(tmp_path / "tiny.json"))
+    config.train.stage = "warmup"
     ckpt = {"format": CHECKPOINT_FORMAT, "version": 1, "model": _fake_state({"mask_adapter.a": 2}),
-            "config": config_to_dict(TrainConfig()), "iteration": 3, "optimizer": {}}
+            "config": config_to_dict(config), "iteration": 3, "optimizer": {}}
     atomic_save(ckpt, tmp_path / "last.pt")
     assert set(export_state(tmp_path / "last.pt")) == {"mask_adapter.a"}
-    with pytest.raises(ValueError, match="no model.weights"):
-        export_state(tmp_path / "last.pt", full=True)
+    # no model.weights: the run's random frozen parts (and a generator, even in stage 1) from run.seed
+    rebuilt = export_state(tmp_path / "last.pt", full=True)
+    reference = seeded_model(config).state_dict()
+    assert float(rebuilt["mask_adapter.a"][0]) == 2 and any(k.startswith("sem_seg_head.") for k in rebuilt)
+    assert all(torch.equal(rebuilt[k], v) for k, v in reference.items())
     torch.save({"model": _fake_state({"backbone.clip_model.b": 4, "mask_adapter.a": 9, "sem_seg_head.z": 5,
                                       "void_embedding.weight": 6})}, tmp_path / "base.pth")
     full = export_state(tmp_path / "last.pt", full=True, base=tmp_path / "base.pth")
     assert float(full["mask_adapter.a"][0]) == 2  # trained values win over the base file's
-    assert float(full["backbone.clip_model.b"][0]) == 4 and "sem_seg_head.z" in full
+    assert float(full["backbone.clip_model.b"][0]) == 4
+    assert "sem_seg_head.z" not in full  # a stage-1 run with a base file: the official stage-1 layout
