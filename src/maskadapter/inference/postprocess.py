@@ -68,7 +68,8 @@ def geometric_ensemble(
 
     The official code mixes the two branches as ``log_seen * seen + log_unseen * (1 - seen)``, which gives
     NaN when the branch not taken is ``-inf`` (a probability that underflowed to 0). Here the branch is
-    selected with ``torch.where``: bit-identical wherever the official result is finite, with no NaN.
+    selected with ``torch.where``: the official expression's value wherever it is finite (the same operations in
+    the same order, so the same bits on the same machine and thread count), with no NaN.
 
     ``in_vocab_logits=None`` covers mask sources without an in-vocab head (SAM, user or ground-truth masks).
     There is no ensemble and no void. The result is ``log_softmax`` over the C real classes, shape
@@ -102,7 +103,8 @@ def geometric_ensemble(
 
     p_in = in_vocab_logits[..., :-1].softmax(-1)
     p_out = out_vocab_logits[..., :-1].softmax(-1)
-    # Keep the official operation order (power, product, log) so the result matches bit for bit.
+    # Keep the official operation order (power, product, log): the official code on the same machine gives the
+    # same bits.
     log_seen = (p_in ** (1 - alpha) * p_out ** alpha).log()
     log_unseen = (p_in ** (1 - beta) * p_out ** beta).log()
     cls_results = torch.where(seen.to(device=p_in.device, dtype=torch.bool), log_seen, log_unseen)
