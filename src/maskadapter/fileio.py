@@ -67,7 +67,7 @@ def remove_stale_temporaries(folder: PathLike) -> list[Path]:
     removed = []
     for root, dirs, files in os.walk(folder):
         for name in files:
-            match = _TMP_PID.match(name)
+            match = _TMP_PID.match(name) if is_temporary(name) else None
             if match and not _alive(int(match.group(1))):
                 path = Path(root) / name
                 with contextlib.suppress(FileNotFoundError):
