@@ -7,7 +7,6 @@ Its attributes are named like the official meta-architecture (``backbone.clip_mo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Mapping, Optional, Sequence, Union
@@ -149,11 +148,8 @@ class MaskAdapterModel(nn.Module):
         return (logits, emb) if return_embeddings else logits
 
     def weights_fingerprint(self) -> str:
-        """A short hash of every tensor's name, shape and first / last values: tells checkpoints apart cheaply
-        (evaluation caches and batch manifests record it)."""
-        h = hashlib.sha256()
-        for name, t in self.state_dict().items():
-            flat = t.detach().reshape(-1)
-            h.update(f"{name}{tuple(t.shape)}".encode())
-            h.update(torch.cat([flat[:16], flat[-16:]]).float().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """A short hash of every tensor's name, dtype, shape and every byte: two checkpoints that differ anywhere
+        differ here (evaluation caches and batch manifests record it)."""
+        from ..fingerprint import tensors_sha256
+
+        return tensors_sha256(self.state_dict().items())[:16]
