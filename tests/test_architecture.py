@@ -137,3 +137,18 @@ def test_python_dash_m_runs_the_command_line():
     proc = subprocess.run([sys.executable, "-m", "maskadapter", "--version"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("maskadapter ")
+
+
+def test_results_do_not_import_the_model():
+    """Result types are plain data: inference/results.py reaches no module of maskadapter.modeling, directly or
+    through what it imports."""
+    graph = all_modules()
+    graph = {m: {t if t in graph else t.rsplit(".", 1)[0] for t in imports} for m, imports in graph.items()}
+    reached, todo = set(), ["inference.results"]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in reached:
+                reached.add(target)
+                todo.append(target)
+    assert "vocabulary" in reached  # the walk sees real imports
+    assert not sorted(m for m in reached if layer_of(m) == "modeling"), sorted(reached)

@@ -36,8 +36,8 @@ import os
 if os.environ.get("MASKADAPTER_README_TINY"):
     from pathlib import Path
     import maskadapter.hub as hub
-    import maskadapter.inference.predictor as predictor
     import maskadapter.modeling.build as build
+    import maskadapter.modeling.load as load
 
     _preset, _arch = build.load_preset_file(os.environ["MASKADAPTER_README_TINY"])
     _weights = Path(os.environ["MASKADAPTER_README_WEIGHTS"])
@@ -51,8 +51,8 @@ if os.environ.get("MASKADAPTER_README_TINY"):
             return _resolve(preset, weights, cache_dir)
         return _weights / preset.weights_file
 
-    build.default_architecture = predictor.default_architecture = default_architecture
-    hub.resolve_weights = predictor.resolve_weights = resolve_weights
+    build.default_architecture = load.default_architecture = default_architecture
+    hub.resolve_weights = load.resolve_weights = resolve_weights
 '''
 
 

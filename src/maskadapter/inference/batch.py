@@ -29,7 +29,7 @@ from ..vocabulary import Vocabulary, VocabularyLike
 from . import formats
 from .formats import ImageOutput, OutputFormat
 from .inputs import ImageItem
-from .predictor import PreparedImage, Predictor, check_tasks, things_mask
+from .predictor import PreparedImage, PreparedVocabulary, Predictor, check_tasks
 from .runstore import BatchReport, RunStore, config_hash, merge_outputs, run_config
 
 __all__ = ["BatchOptions", "BatchReport", "run_batch", "merge_outputs", "on_main_process", "SharedError",
@@ -228,8 +228,8 @@ class _Progress:
 class _Runner:
     """Segments one process's pending images and writes their outputs and records."""
 
-    def __init__(self, predictor: Predictor, vocab: Vocabulary, is_thing: torch.Tensor, options: "BatchOptions",
-                 store: RunStore, run_id: str, inputs: "set[str]", on_message: Callable[[str], None]) -> None:
+    def __init__(self, predictor: Predictor, vocab: PreparedVocabulary, is_thing: torch.Tensor,
+                 options: "BatchOptions", store: RunStore, run_id: str, inputs: "set[str]", on_message: Callable[[str], None]) -> None:
         # exact per-stage times: one device sync per stage costs little next to a forward pass
         self.predictor = predictor.with_options(sync_timings=True)
         self.vocab, self.is_thing, self.store, self.run_id = vocab, is_thing, store, run_id
@@ -268,7 +268,7 @@ class _Runner:
         start = time.perf_counter()
         try:
             results = self.predictor.predict_prepared([s.prepared for s in batch], self.vocab,
-                                                      self.options.tasks, self.is_thing)
+                                                      self.options.tasks)
         except Exception as exc:  # noqa: BLE001 - an image the model cannot take must not end a long run
             if len(batch) > 1:  # find the culprit: the others still get their results
                 for sample in batch:
@@ -362,7 +362,7 @@ def _summary(result: Any, data: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- public API
-def run_batch(predictor: Predictor, items: Sequence[ImageItem], vocabulary: VocabularyLike,
+def run_batch(predictor: Predictor, items: Sequence[ImageItem], vocabulary: "VocabularyLike | PreparedVocabulary",
               output_dir: "str | Path", options: Optional[BatchOptions] = None, things: Any = None,
               on_message: Optional[Callable[[str], None]] = None,
               weight_files: Optional[Sequence["str | os.PathLike"]] = None) -> BatchReport:
@@ -376,8 +376,8 @@ def run_batch(predictor: Predictor, items: Sequence[ImageItem], vocabulary: Voca
     instead of the weights in memory. Every process returns the same report.
     """
     options = options or BatchOptions()
-    vocab = Vocabulary.coerce(vocabulary)
-    is_thing = things_mask(vocab, things)
+    prepared = predictor.prepare_vocabulary(vocabulary, things)  # once per run: text, things, seen classes
+    vocab, is_thing = prepared.vocabulary, prepared.is_thing
     store = RunStore(Path(output_dir), options.output)
     inputs = _check_items(store, items)
     say = on_message or logger.warning
@@ -403,7 +403,7 @@ def run_batch(predictor: Predictor, items: Sequence[ImageItem], vocabulary: Voca
         done = int(distributed.all_reduce_sum(torch.tensor([len(mine) - len(pending)]))[0])
         progress = _Progress(len(items), done, info.world_size, options.sync_every,
                              options.progress and info.is_main)
-        runner = _Runner(predictor, vocab, is_thing, options, store, run_id, inputs, say)
+        runner = _Runner(predictor, prepared, is_thing, options, store, run_id, inputs, say)
         start_time = time.perf_counter()
         runner.run(pending, progress)
         stats = {"computed": runner.computed, "seconds": time.perf_counter() - start_time, "stages": runner.stages,

@@ -434,10 +434,9 @@ class Predictor:
                      mask_pred: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int]
                      ) -> SegmentationResult:
         """Semantic / panoptic / instance outputs at ``out_size`` from [Q, C+1] log-probs and [Q, H, W] logits,
-        band by band (bit-identical to resizing all Q logits at once, in memory bounded by the band budget).
-
-        Banding replicates CPU kernels: on a GPU the full-tensor path runs, unless the Q resized logits would
-        exceed ``_GPU_FULL_BYTES``; those go to the CPU and are banded there (exact to the CPU computation)."""
+        band by band (decisions of resizing all Q logits at once up to float-rounding near-ties, in memory
+        bounded by the band budget). On a GPU the full-tensor path runs, unless the Q resized logits would
+        exceed ``_GPU_FULL_BYTES``; those go to the CPU and are banded there."""
         full_bytes = mask_pred.shape[0] * out_size[0] * out_size[1] * 4
         if mask_pred.device.type != "cpu" and full_bytes > _GPU_FULL_BYTES:
             mask_cls, mask_pred = mask_cls.float().cpu(), mask_pred.float().cpu()
