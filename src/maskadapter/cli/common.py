@@ -11,7 +11,8 @@ from typing import Any
 
 from ..constants import PRECISIONS
 
-__all__ = ["add_model_arguments", "build_predictor", "text_cache_setting", "check_output_folder", "say"]
+__all__ = ["add_model_arguments", "check_model_arguments", "build_predictor", "build_sam", "text_cache_setting",
+           "check_output_folder", "say"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, sam: bool = True, precision: str = "auto") -> None:
@@ -31,10 +32,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, sam: bool = True, preci
         parser.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint for --generator sam and prompts")
         parser.add_argument("--sam-model", default=None,
                             help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config (sam2.1_hiera_l, ...); "
-                                 "default: read from the released checkpoint's file name")
-        parser.add_argument("--sam-backend", choices=["sam", "sam2"], default="sam")
+                                 "default: read from the checkpoint's weights (else its released file name)")
+        parser.add_argument("--sam-backend", choices=["sam", "sam2"], default=None,
+                            help="default: read from the checkpoint's weights")
     else:
-        parser.set_defaults(generator="preset", sam_checkpoint=None, sam_model=None, sam_backend="sam")
+        parser.set_defaults(generator="preset", sam_checkpoint=None, sam_model=None, sam_backend=None)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--precision", choices=[p for p in PRECISIONS], default=precision,
                         help=f"numeric precision (default {precision}; auto = bf16 only where it is native and "
@@ -53,37 +55,67 @@ def text_cache_setting(args: argparse.Namespace) -> Any:
     return args.text_cache_dir
 
 
-def build_predictor(args: argparse.Namespace, **options: Any) -> Any:
-    """The Predictor the arguments of :func:`add_model_arguments` ask for (preset name or JSON file, weights,
-    adapter only, SAM); ``options`` are extra :class:`~maskadapter.inference.options.InferenceOptions` values.
-    One SAM network serves both ``--generator sam`` (automatic masks) and the prompts."""
-    from ..distributed import resolve_device
-    from ..inference.predictor import Predictor
-    from ..modeling.build import load_preset
-
+def check_model_arguments(args: argparse.Namespace, weights_available: bool = True) -> None:
+    """Check the options of :func:`add_model_arguments` without importing torch: their combinations, that the
+    named files exist, the preset name, and (``weights_available``) that a released preset's weights are in the
+    hub cache or can be downloaded (offline, WeightsUnavailableError at once). ValueError / FileNotFoundError
+    name the option."""
     if args.clip_weights and not args.adapter_only:
         raise ValueError("--clip-weights goes with --adapter-only")
+    if args.adapter_only and not args.weights:
+        raise ValueError("--adapter-only needs --weights PATH (the adapter file, e.g. from maskadapter export)")
     if args.generator == "sam" and not args.sam_checkpoint:
         raise ValueError("--generator sam needs --sam-checkpoint PATH")
-    device = resolve_device(args.device)
-    kwargs = dict(device=device, precision=args.precision, text_cache_dir=text_cache_setting(args), **options)
-    if args.sam_checkpoint:
-        from ..modeling.generators.sam import SamMaskGenerator, SamPromptPredictor, load_sam
+    if args.precision == "fp16" and str(args.device or "").startswith("cpu"):
+        raise ValueError("--precision fp16 needs a CUDA device (on a CPU use fp32 or bf16)")
+    for option in ("weights", "clip_weights", "sam_checkpoint"):
+        path = getattr(args, option, None)
+        if path and not Path(path).expanduser().is_file():
+            raise FileNotFoundError(f"--{option.replace('_', '-')} file not found: {path}")
+    preset_file = str(args.preset).endswith(".json") or Path(args.preset).is_file()
+    if preset_file and not Path(args.preset).is_file():
+        raise FileNotFoundError(f"--preset file not found: {args.preset}")
+    if preset_file:
+        return
+    from ..presets import get_preset
 
-        sam = load_sam(args.sam_checkpoint, args.sam_backend, args.sam_model, device)
-        kwargs["prompt_model"] = SamPromptPredictor(sam)
-        if args.generator == "sam":
-            kwargs["mask_generator"] = SamMaskGenerator(sam)
-    preset, architecture = load_preset(args.preset)
-    if args.adapter_only:
-        if not args.weights:
-            raise ValueError("--adapter-only needs --weights PATH (the adapter file, e.g. from maskadapter export)")
-        return Predictor.from_adapter(args.weights, preset, architecture, clip_weights=args.clip_weights, **kwargs)
-    if args.weights:
-        return Predictor.from_checkpoint(args.weights, preset, architecture, **kwargs)
-    if architecture is not None:
-        raise ValueError(f"a preset file needs --weights (preset {preset.name!r} has no released weights)")
-    return Predictor.from_pretrained(preset, **kwargs)
+    preset = get_preset(args.preset)  # ValueError listing the presets
+    if weights_available and not args.weights:
+        from ..hub import resolve_weights  # at call time: the hub module may be replaced (tests)
+
+        resolve_weights(preset)
+
+
+def build_predictor(args: argparse.Namespace, sam: Any = None, **options: Any) -> Any:
+    """The Predictor the arguments of :func:`add_model_arguments` ask for (preset name or JSON file, weights,
+    adapter only, ``--generator sam``); ``options`` are extra
+    :class:`~maskadapter.inference.options.InferenceOptions` values. ``sam``: a SAM network already loaded
+    (:func:`build_sam`), so one network serves both the automatic masks and the prompts."""
+    from ..distributed import resolve_device
+    from ..inference.predictor import Predictor
+    from ..modeling.load import ADAPTER_PARTS, load_model
+
+    check_model_arguments(args, weights_available=False)  # the download, if any, happens when the model loads
+    device = resolve_device(args.device)
+    source = None
+    if args.generator == "sam":
+        from ..modeling.generators.sam import SamMaskGenerator
+
+        source = SamMaskGenerator(sam if sam is not None else build_sam(args, device))
+    # the preset is resolved once, here, for the whole command
+    model, preset = load_model(args.preset, args.weights, parts=ADAPTER_PARTS if args.adapter_only else None,
+                               clip_weights=args.clip_weights)
+    return Predictor(model, preset, device=device, precision=args.precision,
+                     text_cache_dir=text_cache_setting(args), mask_source=source, **options)
+
+
+def build_sam(args: argparse.Namespace, device: Any = None) -> Any:
+    """The SAM / SAM 2 network of ``--sam-checkpoint`` (backend and model type from the file when not given)."""
+    from ..distributed import resolve_device
+    from ..modeling.generators.sam import load_sam
+
+    return load_sam(args.sam_checkpoint, args.sam_backend, args.sam_model,
+                    device if device is not None else resolve_device(args.device))
 
 
 def check_output_folder(path: str) -> Path:
