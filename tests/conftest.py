@@ -134,3 +134,14 @@ def tiny_fcclip():
 
     torch.manual_seed(0)
     return build_model(tiny_preset(), tiny_architecture())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say so when browser tests were skipped (no chromium or playwright): the skip is easy to miss."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "browser" in getattr(r, "keywords", {})]
+    if skipped:
+        reasons = sorted({str(r.longrepr[2]).replace("Skipped: ", "") for r in skipped
+                          if isinstance(r.longrepr, tuple)})
+        terminalreporter.write_sep("=", "browser tests skipped", yellow=True)
+        terminalreporter.write_line(f"{len(skipped)} browser test(s) of the demo did not run: {'; '.join(reasons)}. "
+                                    "Install chromium and playwright to run them (see README, Web demo).")

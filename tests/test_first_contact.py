@@ -270,3 +270,41 @@ def test_checkpoint_errors_read_as_one_line_without_stray_colons(tiny, tmp_path)
     assert "\n" not in line and "does not fit preset" in line and "missing keys" in line
     assert ":;" not in line and ": ;" not in line, line
     assert _one_line(ValueError("a:\n  b\n\n c")) == "a: b; c"
+
+
+def test_a_failed_image_is_reported_once(tiny, tmp_path, capsys):
+    # "error: x: ..." as it failed, then "failed: x: ..." in the summary: the same line twice
+    from maskadapter.cli import main
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    code = main(["segment", str(tiny["image"]), str(bad), "--preset", str(tiny["preset"]), "--weights",
+                 str(tiny["weights"]), "--vocab", "cat, dog", "-o", str(tmp_path / "out"), "--quiet",
+                 "--device", "cpu", "--precision", "fp32", "--no-text-cache"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("cannot identify image file") == 1, err
+    assert "1 of 2 images failed" in err
+
+
+def test_skipped_browser_tests_are_named_in_the_summary(tmp_path):
+    # without chromium the demo's browser tests skipped silently, among hundreds of passes
+    import shutil
+
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_page.py").write_text(
+        "import pytest\n\n@pytest.mark.browser\ndef test_page():\n"
+        "    pytest.skip('chromium is not installed (apt-get install chromium)')\n\ndef test_other():\n    pass\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore",
+                           str(tmp_path / "test_page.py")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "browser tests skipped" in proc.stdout
+    assert "1 browser test(s) of the demo did not run: chromium is not installed" in proc.stdout
+
+
+def test_readme_documents_the_cpu_only_install():
+    # a plain pip install on a CPU-only box pulled the CUDA build of torch (5.2 GB)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    cpu = readme.index("pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu")
+    assert cpu < readme.index('pip install ".[demo]"', cpu)  # torch first, then the package
+    assert "/blob/" not in readme and "huggingface.co/owl10/Mask-Adapter/resolve/main/" in readme
