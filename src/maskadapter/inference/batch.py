@@ -229,7 +229,8 @@ class _Runner:
     """Segments one process's pending images and writes their outputs and records."""
 
     def __init__(self, predictor: Predictor, vocab: PreparedVocabulary, is_thing: torch.Tensor,
-                 options: "BatchOptions", store: RunStore, run_id: str, inputs: "set[str]", on_message: Callable[[str], None]) -> None:
+                 options: "BatchOptions", store: RunStore, run_id: str, inputs: "set[str]",
+                 on_message: Callable[[str], None]) -> None:
         # exact per-stage times: one device sync per stage costs little next to a forward pass
         self.predictor = predictor.with_options(sync_timings=True)
         self.vocab, self.is_thing, self.store, self.run_id = vocab, is_thing, store, run_id
