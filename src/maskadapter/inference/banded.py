@@ -103,7 +103,7 @@ def postprocess_banded(
     reason = None
     if mask_pred.device.type != "cpu" or mask_pred.dtype not in (torch.float32, torch.float64):
         reason = f"banding runs on float32/float64 CPU tensors, got {mask_pred.dtype} on {mask_pred.device}"
-    job = None if reason else _Job(mask_cls, saturate_infinite(mask_pred), hwHW, tasks, is_thing, **args)
+    job = None if reason else _Job(mask_cls, mask_pred, hwHW, tasks, is_thing, **args)
     if job is not None and job.fits(int(band_bytes)):
         reason = "the output fits in band_bytes"
     if reason:
@@ -115,10 +115,18 @@ def postprocess_banded(
 def saturate_infinite(mask_pred: torch.Tensor) -> torch.Tensor:
     """``mask_pred`` [..., H, W] with +-inf replaced by +-(largest finite / 4), NaN kept: same sigmoid and sign,
     and resizing never multiplies an infinity by a zero weight (NaN) nor overflows a weighted sum."""
-    if not mask_pred.is_floating_point() or not bool(torch.isinf(mask_pred).any()):
+    if not _maybe_infinite(mask_pred):
         return mask_pred
     big = torch.finfo(mask_pred.dtype).max / 4
     return mask_pred.clamp(-big, big)
+
+
+def _maybe_infinite(x: torch.Tensor) -> bool:
+    """False when ``x`` surely holds no infinity: its min and max (one pass, no [..] temporary) are finite; a NaN
+    hides them, so NaN counts as maybe."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return False
+    return not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all())
 
 
 def _check_tasks(tasks: Union[str, Sequence[str]]) -> tuple[str, ...]:
@@ -179,8 +187,8 @@ class _Rows:
     ``src`` [Ch, h, w] (to float rounding), from the input rows they read: a 1-D linear resize of those rows'
     width, then each output row as the weighted sum of its two input rows, with torch's own rows and weights."""
 
-    def __init__(self, h: int, w: int, H: int, W: int, dtype: torch.dtype) -> None:
-        self.w, self.W, self.identity = w, W, h == H
+    def __init__(self, h: int, w: int, H: int, W: int, dtype: torch.dtype, saturate: bool = False) -> None:
+        self.w, self.W, self.identity, self.saturate = w, W, h == H, saturate
         if not self.identity:  # same height: every output row is its input row
             self.i0, self.i1, w0, w1 = _height_weights(h, H, dtype)
             self.w0, self.w1 = w0[:, None], w1[:, None]
@@ -196,6 +204,8 @@ class _Rows:
         a, b = self.span(r0, r1)
         # advanced indexing is one kernel; index_select of a strided view copies index by index (slow)
         x = src[:, a:b] if index is None else src[index, a:b]
+        if self.saturate:  # the band's rows only: no copy of the whole input
+            x = saturate_infinite(x)
         if self.w != self.W:
             x = F.interpolate(x, size=self.W, mode="linear", align_corners=False)  # [Ch, rows, w] as [N, C, L]
         if self.identity:
@@ -203,7 +213,7 @@ class _Rows:
         shape = (x.shape[0], r1 - r0, self.W)
         t0 = torch.index_select(x, 1, self.i0[r0:r1] - a, out=scratch("row0", shape, x.dtype))
         t1 = torch.index_select(x, 1, self.i1[r0:r1] - a, out=scratch("row1", shape, x.dtype))
-        return t0.mul_(self.w0[r0:r1]).add_(t1.mul_(self.w1[r0:r1]))
+        return t1.mul_(self.w1[r0:r1]).addcmul_(t0, self.w0[r0:r1])  # two passes over the band, not three
 
 
 
@@ -237,7 +247,7 @@ class _Job:
         h, w, H, W = hwHW
         self.hwHW, self.itemsize = hwHW, mask_pred.element_size()
         self.mask_cls, self.mask_pred = mask_cls, mask_pred
-        self.rows = _Rows(h, w, H, W, mask_pred.dtype)
+        self.rows = _Rows(h, w, H, W, mask_pred.dtype, saturate=_maybe_infinite(mask_pred))
         cls = mask_cls.to(mask_pred.dtype)  # the full path casts it to the resized logits' dtype
         Q, self.C = mask_cls.shape[0], mask_cls.shape[1] - 1
         self.sem_after = "semantic" in tasks and not before
