@@ -224,8 +224,9 @@ class TrainConfig:
         if t.stage == "mixed" and t.masks == "predicted" and t.num_pred_masks == 0:
             raise ValueError("config key 'train.num_pred_masks' must be positive with train.masks=predicted")
         self._validate_data()
-        if self.data.dataset != "synthetic" and self.data.text == "prototypes":
-            raise ValueError("config key 'data.text' = prototypes needs data.dataset = synthetic")
+        if self.data.dataset in ("coco_panoptic", "coco_stuff") and self.data.text == "prototypes":
+            raise ValueError("config key 'data.text' = prototypes needs data.dataset = synthetic (or a dataset of "
+                             "your own passed to Trainer that has class_prototypes())")
         if not 0.0 < self.data.min_scale <= self.data.max_scale:
             raise ValueError(f"config keys 'data.min_scale' / 'data.max_scale' must satisfy 0 < min <= max, "
                              f"got {self.data.min_scale} / {self.data.max_scale}")
