@@ -22,8 +22,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import maskadapter.checkpoint as checkpoint_module
-import maskadapter.inference.predictor as predictor_module
 import maskadapter.modeling.build as build_module
+import maskadapter.modeling.load as load_module
 from maskadapter.checkpoint import (CheckpointError, UnsafeCheckpointError, convert_checkpoint, load_weights_only,
                                     read_state_dict)
 from maskadapter.cli import main
@@ -161,7 +161,7 @@ def _fast_builds(monkeypatch, env):
         return copy.deepcopy(cache[key])
 
     monkeypatch.setattr(build_module, "build_model", cached)
-    monkeypatch.setattr(predictor_module, "build_model", cached)
+    monkeypatch.setattr(load_module, "build_model", cached)
     yield
     assert not env["marker"].exists(), "a checkpoint pickle ran code"
 

@@ -26,7 +26,7 @@ def resolve_weights(preset: PresetConfig, weights: Optional[Union[str, os.PathLi
     """
     if weights is not None:
         path = Path(weights).expanduser()
-        if not path.is_file():
+        if not path.exists():  # anything else (a folder, an unreadable file) is for the checkpoint reader to name
             raise FileNotFoundError(f"weights file not found: {path}")
         return path
     from huggingface_hub import constants, hf_hub_download

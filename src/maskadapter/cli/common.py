@@ -70,7 +70,7 @@ def check_model_arguments(args: argparse.Namespace, weights_available: bool = Tr
         raise ValueError("--precision fp16 needs a CUDA device (on a CPU use fp32 or bf16)")
     for option in ("weights", "clip_weights", "sam_checkpoint"):
         path = getattr(args, option, None)
-        if path and not Path(path).expanduser().is_file():
+        if path and not Path(path).expanduser().exists():  # a folder in its place: the checkpoint reader says so
             raise FileNotFoundError(f"--{option.replace('_', '-')} file not found: {path}")
     preset_file = str(args.preset).endswith(".json") or Path(args.preset).is_file()
     if preset_file and not Path(args.preset).is_file():
