@@ -228,6 +228,13 @@ def test_overlay_legend_keeps_clear_of_the_image_buttons(predictor, image_file, 
     assert segment_request(predictor, str(image_file), VOCAB, "semantic", output_dir=tmp_path)[0] is not None
     corners = seen[0]["legend_corners"]
     assert "top-right" not in corners and set(corners) <= {"top-left", "bottom-left", "bottom-right"}
+    # the SAM tab's canvas too
+    clicked = []
+    prompt_overlay = requests.prompt_overlay
+    monkeypatch.setattr(requests, "prompt_overlay", lambda *a, **k: clicked.append(k) or prompt_overlay(*a, **k))
+    street, vocab, _ = make_example_images(tmp_path / "img")[0]
+    assert click_request(predictor, fake_sam_tools(tmp_path), street, vocab, [[245, 262, True]])[0] is not None
+    assert clicked[0]["legend_corners"] == corners
 
 
 def test_ready_vocabularies_round_trip():

@@ -196,7 +196,8 @@ def click_request(predictor: Any, sam: SamTools, image: Optional[ImageInput], vo
     share = 100 * int(result.areas[0]) / (result.image_size[0] * result.image_size[1])
     status = (f"click: {top[0][0]} ({top[0][1]:.2f}), mask {share:.1f}% of the image, {sam.name} score "
               f"{float(result.sam_scores[0]):.2f}, {n} point{'s' * (n != 1)}, {seconds:.2f} s{reused}")
-    return prompt_overlay(image_array, result), _table(CLICK_TABLE_HEADERS, rows), None, None, status
+    return (prompt_overlay(image_array, result, legend_corners=LEGEND_CORNERS), _table(CLICK_TABLE_HEADERS, rows),
+            None, None, status)
 
 
 def everything_request(predictor: Any, sam: SamTools, image: Optional[ImageInput], vocabulary_text: Optional[str],

@@ -314,16 +314,17 @@ def _numbers(body: str, count: int, name: str, index: int, item: str, form: str)
 
 
 # ---------------------------------------------------------------------------------------------- picture
-def prompt_overlay(image: np.ndarray, result: PromptSegmentation, alpha: float = 0.55) -> Image.Image:
+def prompt_overlay(image: np.ndarray, result: PromptSegmentation, alpha: float = 0.55,
+                   **overlay_options: Any) -> Image.Image:
     """The masks of ``result`` over ``image`` [H, W, 3] uint8, labelled with their classes, with the prompts drawn:
-    positive points green, negative points red, boxes outlined."""
+    positive points green, negative points red, boxes outlined (``overlay_options``: of :func:`overlay_segments`)."""
     ids = np.zeros(result.image_size, dtype=np.int32)
     order = torch.argsort(result.areas, descending=True, stable=True).tolist()
     for g in order:  # largest first, so smaller masks stay visible on top
         ids[result.masks[g].numpy()] = g + 1
     segments = [{"id": g + 1, "category_id": int(result.labels[g]), "score": float(result.scores[g])}
                 for g in range(len(result.groups)) if int(result.labels[g]) >= 0]
-    picture = overlay_segments(image, ids, segments, result.class_names, alpha=alpha)
+    picture = overlay_segments(image, ids, segments, result.class_names, alpha=alpha, **overlay_options)
     draw_prompts(picture, [p for group in result.groups for p in group.points],
                  [group.box for group in result.groups if group.box is not None])
     return picture
