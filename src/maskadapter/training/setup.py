@@ -12,7 +12,8 @@ import torch
 from ..checkpoint import CheckpointError
 from ..errors import WeightsUnavailableError
 from ..hub import resolve_weights
-from ..modeling.build import build_model, default_architecture, load_preset
+from ..modeling.build import default_architecture, load_preset
+from ..modeling.load import load_model
 from ..modeling.model import MaskAdapterModel
 from ..presets import PresetConfig
 from .config import TrainConfig
@@ -60,9 +61,10 @@ def build_training_model(config: TrainConfig) -> tuple[MaskAdapterModel, PresetC
 
 
 def _seeded_build(preset: PresetConfig, arch: Any, seed: int) -> MaskAdapterModel:
+    """Random weights through the one loader, from ``seed`` (the initial weights then load part by part)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(preset, arch)
+        return load_model(preset, False, architecture=arch)[0]
 
 
 def seeded_model(config: TrainConfig) -> MaskAdapterModel:
