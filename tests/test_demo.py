@@ -549,6 +549,7 @@ def test_cli_demo_loads_model_once_then_launches(preset_files, tmp_path, monkeyp
     assert kwargs["allowed_paths"] == [str(examples.resolve())]
     # no public link, even with GRADIO_SHARE set, and no gradio banner with its share=True hint
     assert kwargs["share"] is False and kwargs["quiet"] is True
+    assert kwargs["max_file_size"] == maskadapter.demo.MAX_UPLOAD_BYTES  # gradio refuses larger uploads itself
 
 
 def test_cli_demo_loads_sam_once_for_both_tabs(preset_files, tmp_path, monkeypatch):
