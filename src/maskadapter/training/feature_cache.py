@@ -193,7 +193,7 @@ def open_cache(model: MaskAdapterModel, dataset: SegmentationTrain, output_dir: 
     meta = {"format": _FORMAT, "stage": stage, "image_size": image_size, "weights": model.weights_fingerprint(),
             "images": [s.image_id for s in dataset.source.samples], "shapes": {k: list(v) for k, v in shapes.items()},
             **(extra or {})}
-    if cache.matches(meta):
+    if dist_utils.broadcast_object(cache.matches(meta)):  # one decision for every process
         logger.info("feature cache %s reused: %s", cache.folder, cache.describe())
         return cache
     cache.check_limit(limit_gb)
