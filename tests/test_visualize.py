@@ -250,7 +250,9 @@ def test_a_huge_class_name_costs_a_bounded_number_of_text_measures(monkeypatch):
     assert all(len(t) <= W for t in texts)
 
 
-@pytest.mark.parametrize("text, width", [("short", 1000), ("a fairly long class name", 60), ("wall", 3), ("", 50)])
+@pytest.mark.parametrize("text, width", [("short", 1000), ("a fairly long class name", 60),
+                                         ("a fairly long class name", 47), ("a fairly long class name", 68), ("wall", 3),
+                                         ("", 50)])
 def test_fitted_text_is_the_longest_prefix_that_fits(text, width):
     from maskadapter.inference.visualize import _fit_text, _font, _text_width
 
@@ -264,7 +266,8 @@ def test_fitted_text_is_the_longest_prefix_that_fits(text, width):
         return
     assert fitted.endswith("…") and _text_width(font, fitted) <= width
     n = len(fitted) - 1
-    assert _text_width(font, text[:n + 1].rstrip() + "…") > width  # one more letter would not fit
+    longer = [text[:m].rstrip() + "…" for m in range(1, len(text)) if len(text[:m].rstrip()) > n]
+    assert all(_text_width(font, t) > width for t in longer)  # no longer cut fits: as a scan of every cut finds
 
 
 def test_legend_counts_instances_hidden_under_others():
