@@ -295,3 +295,36 @@ def test_names_vocabularies_and_converters_derive_from_one_table():
         assert len(builtin_vocabulary(spec.vocabulary)) > 0
     assert prepare.PREPARE_TARGETS == DATASET_NAMES
     assert len(builtin_vocabulary("pascal_voc_21")) == len(builtin_vocabulary("pascal_voc_20")) + 1
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_torchrun_with_the_cache_matches_one_process(tmp_path, own):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from maskadapter.training.checkpointing import load_training_checkpoint
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = synthetic_config(tmp_path, "mixed", data={
+        "dataset": _spellings(own)["panoptic"], "text": "clip", "augmentation": "resize", "image_size": 64,
+        "cache_features": True}, solver={"max_iter": 3, "batch_size": 2},
+        run={"threads": 1, "checkpoint_period": 0, "export_model": False})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo / "src"))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "maskadapter", "train", "--config", str(path), "--output-dir", str(tmp_path / "ddp")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "feature_cache" / "meta.json").read_text())["complete"]
+    single = dict(cfg, run={**cfg["run"], "output_dir": str(tmp_path / "single"), "threads": 0})
+    Trainer(config_from_dict(single)).train()
+    a = load_training_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
+    b = load_training_checkpoint(tmp_path / "single" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-6, msg=key)
