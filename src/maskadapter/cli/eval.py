@@ -9,8 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..constants import TASKS, user_cache_dir
+from ..constants import user_cache_dir
 from ..data.table import DATASET_NAMES
+from ..inference.options import check_tasks
 from .common import add_model_arguments, build_predictor, check_output_folder
 
 __all__ = ["register", "run_eval"]
@@ -82,10 +83,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"dataset {args.dataset} needs --data-root (or $DETECTRON2_DATASETS)")
     tasks = None
     if args.tasks:
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown or not tasks:
-            raise ValueError(f"--tasks must name some of {', '.join(TASKS)}, got {args.tasks!r}")
+        tasks = list(check_tasks(args.tasks, "--tasks"))
     dataset = load_dataset(args.dataset, args.data_root, strict=not args.allow_missing)
     output = check_output_folder(args.output) if args.output else _default_output(args)
     predictor = build_predictor(args)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..constants import TASKS
+from ..inference.options import check_tasks
 from ..inference import formats
 from ..vocabulary import FILE_SYNTAX, INLINE_SYNTAX
 from .common import add_model_arguments, build_predictor, build_sam, say
@@ -111,10 +112,7 @@ def _check_args(args: argparse.Namespace) -> _Settings:
     from ..vocabulary import Vocabulary
 
     vocab = Vocabulary.from_file(args.vocab_file) if args.vocab_file else Vocabulary.parse(args.vocab)
-    tasks = tuple(t.strip() for t in args.task.split(",") if t.strip())
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"--task must name some of {', '.join(TASKS)}, got {args.task!r}")
+    tasks = check_tasks(args.task, "--task")
     for name, low in (("batch_size", 1), ("workers", 0)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
