@@ -38,8 +38,8 @@ else:
 start = time.perf_counter()
 p = Predictor(model, preset, precision="fp32")
 image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-p.predict(image, builtin_vocabulary("ade20k_150"), tasks=["semantic"])
-print(json.dumps({"text_s": p.timings["text"], "encoded": p.text_classifier.encoded_prompts,
+r = p.predict(image, builtin_vocabulary("ade20k_150"), tasks=["semantic"])
+print(json.dumps({"text_s": r.timings["text"], "encoded": p.text_classifier.encoded_prompts,
                   "total_s": time.perf_counter() - start}))
 """
 
