@@ -254,7 +254,8 @@ def segment_prompts(predictor: Predictor, prompt_model: PromptPredictor, image: 
                     vocabulary: Union[VocabularyLike, PreparedVocabulary], points: Sequence[Sequence[Any]] = (),
                     boxes: Sequence[Sequence[float]] = (), top_k: int = 5, multimask: Optional[bool] = None
                     ) -> PromptSegmentation:
-    """``PromptSegmenter(predictor, prompt_model)(image, vocabulary, ...)`` in one call (see :class:`PromptSegmenter`)."""
+    """``PromptSegmenter(predictor, prompt_model)(image, vocabulary, ...)`` in one call: masks [G, H, W] and their
+    classes (see :class:`PromptSegmenter`)."""
     return PromptSegmenter(predictor, prompt_model)(image, vocabulary, points=points, boxes=boxes, top_k=top_k,
                                                     multimask=multimask)
 
