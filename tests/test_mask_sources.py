@@ -108,3 +108,19 @@ def test_the_batch_runner_takes_a_source_defined_in_a_test(model, tmp_path):
 def test_a_source_must_have_the_protocol(model):
     with pytest.raises(TypeError, match="mask_source must be a MaskSource"):
         Predictor(model, tiny_preset(), text_cache_dir=False, mask_source=42)
+
+
+def test_a_proposer_runs_outside_the_predictors_autocast(model):
+    """A plain callable is wrapped as a proposal source; like SAM before, it runs in its own precision even when
+    the predictor runs the backbone and the adapter in bf16."""
+    states = []
+
+    def proposer(rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        states.append(torch.is_autocast_enabled("cpu"))
+        return grid(*rgb.shape[:2]), torch.full((6,), 0.5)
+
+    predictor = Predictor(model, tiny_preset(), precision="bf16", text_cache_dir=False, mask_source=proposer)
+    assert predictor.preparer.keep_rgb is True
+    result = predictor.predict(photo(2), VOCAB, tasks=("instance",))
+    assert states == [False] and len(result.instances.rles) == 6
+    assert bool((result.instances.scores <= 0.5).all())  # instance scores carry the proposer's quality

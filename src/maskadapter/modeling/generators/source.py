@@ -93,10 +93,12 @@ class ProposalSource:
     def propose(self, inputs: SourceInput) -> MaskOutput:
         """Each image's proposals: masks [N_i, H, W] bool and their quality [N_i]."""
         masks, scores = [], []
-        for rgb in inputs.rgb:
-            if rgb is None:
-                raise ValueError("a proposal source needs the decoded image (PreparedImage.rgb)")
-            m, s = self.proposer(rgb.permute(1, 2, 0).cpu().numpy())
-            masks.append(m)
-            scores.append(s)
+        # the proposer keeps its own precision: the predictor's autocast is for the backbone, decoder and adapter
+        with torch.autocast(inputs.images.device.type, enabled=False):
+            for rgb in inputs.rgb:
+                if rgb is None:
+                    raise ValueError("a proposal source needs the decoded image (PreparedImage.rgb)")
+                m, s = self.proposer(rgb.permute(1, 2, 0).cpu().numpy())
+                masks.append(m)
+                scores.append(s)
         return MaskOutput(masks, scores=scores)
