@@ -412,12 +412,16 @@ def run_config(fmt: OutputFormat, tasks: Sequence[str], predictor: Any, vocab: A
 
 
 def _describe_generator(obj: Any, depth: int = 3) -> Any:
-    """The type and plain settings of a mask generator and of the objects it holds (a few levels deep)."""
+    """The type and plain settings of a mask generator and of the objects it holds (a few levels deep); an object
+    with a ``describe()`` method describes itself (so counters and caches it keeps do not count as settings)."""
     import torch
 
     if obj is None:
         return None
     out: dict = {"type": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    if callable(getattr(obj, "describe", None)):
+        out["settings"] = json.loads(json.dumps(obj.describe(), sort_keys=True, default=str))
+        return out
     if isinstance(obj, torch.nn.Module) or not hasattr(obj, "__dict__"):
         return out
     out["settings"] = describe_object(obj)

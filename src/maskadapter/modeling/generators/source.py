@@ -50,7 +50,8 @@ class MaskOutput:
 @runtime_checkable
 class MaskSource(Protocol):
     """Anything with ``needs_rgb`` (keep the decoded full-resolution image) and ``propose(SourceInput) ->
-    MaskOutput``."""
+    MaskOutput``. Optionally ``describe() -> dict``: the settings that change its masks, which resumable batch
+    runs fingerprint (without it, the source's plain attributes are taken)."""
 
     needs_rgb: bool
 
