@@ -141,3 +141,62 @@ def test_encode_text_truncation_equals_open_clip_full_length(backbone):
         full = backbone.clip_model.encode_text(tokens, normalize=False)  # all 77 positions
     torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(backbone.encode_text(tokens[1:2]), full[1:2], rtol=1e-5, atol=1e-5)
+
+
+def _open_clip_stage_outputs(bb: ClipBackbone, images: torch.Tensor) -> list[torch.Tensor]:
+    """Stage outputs of open_clip's trunk run by its own modules (timm's NCHW block forward)."""
+    trunk = bb.clip_model.visual.trunk
+    x = trunk.stem(images)
+    outs = []
+    for stage in trunk.stages:
+        x = stage(x)
+        outs.append(x)
+    return outs
+
+
+@pytest.mark.parametrize("gemm", ["mkl", "onednn"])
+def test_features_equal_open_clip_trunk_computed_in_channels_last(monkeypatch, gemm):
+    from timm.models.convnext import ConvNeXtBlock
+
+    bb = ClipBackbone(tiny_clip_config())
+    randomize_(bb.clip_model.visual.trunk, seed=5, std=0.2)  # layer scales of 1e-6 would hide the blocks
+    images = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        expected = _open_clip_stage_outputs(bb, images)
+    monkeypatch.setenv("MASKADAPTER_CPU_GEMM", gemm)
+    # the fast path must really run: timm's block forward (with its permute copies) is never called
+    monkeypatch.setattr(ConvNeXtBlock, "forward", lambda self, x: pytest.fail("timm block forward ran"))
+    feats = bb(images)
+    for i, ref in enumerate(expected):
+        got = feats[f"res{i + 2}"]
+        assert got.is_contiguous() and got.shape == ref.shape
+        assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5, f"res{i + 2}"
+    assert feats["clip_vis_dense"] is feats["res5"]  # norm_pre is the identity: one map, not two copies
+
+
+@pytest.mark.parametrize("conv_mlp", [False, True])  # convnext_large: Linear MLP; convnext_atto: 1x1 convs
+def test_both_timm_block_designs_run_in_nhwc(monkeypatch, conv_mlp):
+    from timm.models.convnext import ConvNeXtBlock
+
+    from maskadapter.modeling.clip_backbone import _run_block
+
+    block = randomize_(ConvNeXtBlock(16, conv_mlp=conv_mlp, drop_path=0.1), seed=6).eval()
+    x = torch.randn(2, 16, 9, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = block(x.clone())
+        monkeypatch.setattr(ConvNeXtBlock, "forward", lambda self, x: pytest.fail("timm block forward ran"))
+        got = _run_block(block, x)
+    assert got.data_ptr() == x.data_ptr()  # updated in place: the caller owns x
+    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_blocks_of_another_design_run_their_own_forward():
+    from timm.models.convnext import ConvNeXtBlock
+
+    from maskadapter.modeling.clip_backbone import _run_block
+
+    block = randomize_(ConvNeXtBlock(16, use_grn=True), seed=6).eval()  # ConvNeXt V2 MLP: not the NHWC kernel
+    x = torch.randn(2, 16, 5, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = block(x.clone())
+        torch.testing.assert_close(_run_block(block, x), expected)

@@ -269,3 +269,31 @@ def test_duplicate_and_empty_masks_are_computed_once(head, monkeypatch):
     clip.grad = None
     (head(clip, masks, path="reference") ** 2).sum().backward()
     assert rel_err(g_fast, clip.grad) < 1e-4
+
+
+@pytest.mark.parametrize("gemm", ["mkl", "onednn"])
+def test_both_cpu_gemm_libraries_match_the_reference(head, monkeypatch, gemm):
+    monkeypatch.setenv("MASKADAPTER_CPU_GEMM", gemm)
+    torch.manual_seed(11)
+    clip = torch.randn(2, D, 5, 4)
+    masks = torch.rand(2, 7, 20, 16) > 0.5
+    with torch.no_grad():
+        assert rel_err(head(clip, masks, chunk_size=3), head(clip, masks, path="reference")) < 1e-5
+
+
+def test_nhwc_block_updates_in_place_only_when_asked(head):
+    block = head.cnext1
+    torch.manual_seed(12)
+    x = torch.randn(2, 5, 6, C)
+    with torch.no_grad():
+        expected = block(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        kept = x.clone()
+        out = block.forward_nhwc(x, row_tile=7)
+        assert torch.equal(x, kept) and out.data_ptr() != x.data_ptr()
+        same = block.forward_nhwc(x, row_tile=7, inplace=True)
+        assert same.data_ptr() == x.data_ptr()
+    assert rel_err(same, expected) < 1e-5 and rel_err(out, expected) < 1e-5
+    leaf = kept.clone().requires_grad_(True)  # with autograd: never in place, gradients flow
+    grad_out = block.forward_nhwc(leaf, inplace=True)
+    assert grad_out.grad_fn is not None and torch.equal(leaf.detach(), kept)
+    assert rel_err(grad_out.detach(), expected.detach()) < 1e-5

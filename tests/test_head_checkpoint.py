@@ -38,8 +38,10 @@ def test_checkpointed_chunks_give_the_same_outputs_and_gradients():
         torch.testing.assert_close(ckpt[1][name], grad, rtol=1e-6, atol=1e-7, msg=name)
     torch.testing.assert_close(ckpt[2], plain[2], rtol=1e-6, atol=1e-7)
     assert all(g.abs().sum() > 0 for g in plain[1].values())
-    with torch.no_grad():  # no autograd: checkpointing is not involved
-        torch.testing.assert_close(head(dense, masks, chunk_size=3), plain[0], rtol=0, atol=0)
+    with torch.no_grad():  # no autograd: checkpointing is not involved; the in-place tiled MLP kernels (and
+        # maybe oneDNN's GEMM) round differently from the autograd path, so equal within float rounding only
+        no_grad = head(dense, masks, chunk_size=3)
+    assert float((no_grad - plain[0]).abs().max() / plain[0].abs().max()) < 1e-5
 
 
 _MEMORY_PROBE = """

@@ -49,3 +49,44 @@ def test_autocast_context(fake_cpu):
 def test_describe_isa_and_real_probe():
     assert isinstance(precision.describe_isa(), str)
     assert precision.cpu_bf16_speedup() > 0
+
+
+@pytest.mark.parametrize("env, speedup, expected", [
+    ("", 1.12, "onednn"), ("", 1.01, "mkl"), ("auto", 1.5, "onednn"), ("mkl", 2.0, "mkl"), ("onednn", 0.5, "onednn"),
+])
+def test_cpu_gemm_backend_is_measured_unless_fixed(monkeypatch, env, speedup, expected):
+    monkeypatch.setenv("MASKADAPTER_CPU_GEMM", env)
+    monkeypatch.setattr(precision, "cpu_onednn_speedup", lambda: speedup)
+    assert precision.cpu_gemm_backend() == expected
+
+
+def test_cpu_gemm_backend_errors_and_fallback(monkeypatch):
+    monkeypatch.setenv("MASKADAPTER_CPU_GEMM", "blas")
+    with pytest.raises(ValueError, match="MASKADAPTER_CPU_GEMM"):
+        precision.cpu_gemm_backend()
+    monkeypatch.setenv("MASKADAPTER_CPU_GEMM", "onednn")
+    monkeypatch.setattr(precision, "onednn_linear_available", lambda: False)
+    assert precision.cpu_gemm_backend() == "mkl"  # asked for, but this build has no oneDNN linear
+
+
+def test_onednn_speed_probe_is_real():
+    assert precision.cpu_onednn_speedup() >= 0.0
+    assert precision.cpu_gemm_backend() in ("mkl", "onednn")
+
+
+@pytest.mark.parametrize("gemm", ["mkl", "onednn"])
+def test_linear_dispatch_keeps_autograd_autocast_and_values(monkeypatch, gemm):
+    from maskadapter.modeling.layers import linear
+
+    monkeypatch.setenv("MASKADAPTER_CPU_GEMM", gemm)
+    torch.manual_seed(0)
+    x, w, b = torch.randn(33, 24), torch.randn(40, 24), torch.randn(40)
+    expected = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    with torch.no_grad():
+        out = linear(x, w, b)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert linear(x, w, b).dtype == torch.bfloat16  # autocast still applies
+    w.requires_grad_(True)
+    assert linear(x, w, b).grad_fn is not None  # training runs on the autograd path

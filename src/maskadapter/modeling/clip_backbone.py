@@ -7,7 +7,7 @@ The wrapped open_clip model is the attribute ``clip_model``, so a parent module 
 from __future__ import annotations
 
 import hashlib
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import ClipConfig
 from ..constants import PIXEL_MEAN, PIXEL_STD
+from .layers import convnext_block_nhwc
 
 __all__ = ["ClipBackbone", "DenseProjection"]
 
@@ -77,15 +78,25 @@ class ClipBackbone(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Features of normalised ``images`` [B, 3, H, W] (H, W multiples of 32): res2..res5 and the raw
-        stride-32 map ``clip_vis_dense`` [B, Cv, H/32, W/32]."""
+        stride-32 map ``clip_vis_dense`` [B, Cv, H/32, W/32], all contiguous NCHW.
+
+        The same network as open_clip's trunk, computed in channels_last: the depthwise convs need no layout
+        reorders, the block MLPs read the NHWC activations without permute copies and add into them in place
+        (:func:`convnext_block_nhwc`), and only the four returned maps are converted to NCHW.
+        """
         _check_images(images)
         trunk = self.clip_model.visual.trunk
-        x = trunk.stem(images)
+        x = trunk.stem(images.contiguous(memory_format=torch.channels_last))
         out: dict[str, torch.Tensor] = {}
         for i, stage in enumerate(trunk.stages):
-            x = stage(x)
+            x = stage.downsample(x)
+            if i > 0 and isinstance(stage.downsample, nn.Identity):
+                x = x.clone()  # the blocks update x in place: never the map returned for the previous stage
+            for block in stage.blocks:
+                x = _run_block(block, x)
             out[f"res{i + 2}"] = x.contiguous()
-        out["clip_vis_dense"] = trunk.norm_pre(x).contiguous()
+        dense = trunk.norm_pre(x)
+        out["clip_vis_dense"] = out["res5"] if dense is x else dense.contiguous()
         return out
 
     def project_dense(self, raw: torch.Tensor, mode: DenseProjection = "standard") -> torch.Tensor:
@@ -175,6 +186,45 @@ class ClipBackbone(nn.Module):
                 h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
             self._fingerprint = (key, h.hexdigest()[:16])
         return self._fingerprint[1]
+
+
+def _run_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One timm ConvNeXt block on ``x`` [B, C, H, W] (channels_last, owned by the caller: updated in place) ->
+    [B, C, H, W] channels_last; blocks of another design run as their own module."""
+    mlp = getattr(block, "mlp", None)
+    fc1, fc2 = _pointwise(getattr(mlp, "fc1", None)), _pointwise(getattr(mlp, "fc2", None))
+    plain = (fc1 is not None and fc2 is not None and type(mlp).__name__ == "Mlp"
+             and _gelu_kind(mlp.act) is not None and isinstance(mlp.norm, nn.Identity)
+             and isinstance(getattr(block, "conv_dw", None), nn.Conv2d)
+             and isinstance(getattr(block, "norm", None), nn.LayerNorm)
+             and isinstance(getattr(block, "shortcut", None), nn.Identity)
+             and (isinstance(getattr(block, "drop_path", None), nn.Identity) or not block.training)
+             and x.is_contiguous(memory_format=torch.channels_last))
+    if not plain:
+        return block(x)
+    nhwc = convnext_block_nhwc(x.permute(0, 2, 3, 1), block.conv_dw, block.norm, fc1, fc2,
+                               getattr(block, "gamma", None), _gelu_kind(mlp.act), inplace=True)
+    return nhwc.permute(0, 3, 1, 2)
+
+
+def _pointwise(layer: Optional[nn.Module]) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """(weight [out, in], bias) of a per-pixel layer: a Linear or a plain 1x1 Conv2d (timm's conv-MLP blocks)."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight, layer.bias
+    if (isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.stride == (1, 1)
+            and layer.groups == 1 and layer.padding in ((0, 0), "valid") and layer.dilation == (1, 1)
+            and type(layer).forward is nn.Conv2d.forward):
+        return layer.weight.flatten(1), layer.bias
+    return None
+
+
+def _gelu_kind(act: nn.Module) -> Optional[str]:
+    """``approximate`` of a GELU module (torch's, or timm's exact one), None for another activation."""
+    if isinstance(act, nn.GELU):
+        return act.approximate
+    if type(act).__name__ == "GELU" and type(act).__module__.startswith("timm."):
+        return "none"  # timm's GELU module calls F.gelu(input): the exact erf form
+    return None
 
 
 def _check_images(images: torch.Tensor) -> None:

@@ -27,10 +27,10 @@ __all__ = ["MaskAdapterHead"]
 
 HeadPath = Literal["fast", "reference"]
 
-# Pixel rows (masks x h x w) per chunk of the fast path; 8192 rows keep the 4x-wide MLP hidden
-# activation of a 768-wide head near 100 MB in fp32 while GEMMs stay large enough to run at full speed.
+# Pixel rows (masks x h x w) per chunk of the fast path: a chunk's 768-wide activations are about 25 MB in fp32;
+# its MLPs run in row tiles of layers.mlp_row_tile (None) or of this many rows.
 _ROWS_PER_CHUNK = 8192
-_MLP_ROW_TILE = 2048
+_MLP_ROW_TILE: Optional[int] = None
 
 
 class MaskAdapterHead(nn.Module):
@@ -153,19 +153,18 @@ class MaskAdapterHead(nn.Module):
         B, N = masks.shape[:2]
         h, w = dense_proj.shape[-2:]
         K = self.num_output_maps
-        clip_fused = self.fuse(dense_proj).permute(0, 2, 3, 1)  # [B, h, w, C], bias of fuse included
+        clip_fused = self.fuse(dense_proj).permute(0, 2, 3, 1).contiguous()  # [B, h, w, C], with fuse's bias
         last = self.mask_downscaling[6]
         fuse_w = self.fuse.weight.flatten(1)  # [C, D]
         fold_w = fuse_w @ last.weight.flatten(1)  # [C, 16]
         fold_b = fuse_w @ last.bias  # [C]
         flat_masks = masks.reshape(B * N, 1, *masks.shape[-2:])
-        blocks = [(block, block.folded_pwconv2()) for block in self.blocks]
         use_checkpoint = self.grad_checkpoint and torch.is_grad_enabled()
-        outputs = []
+        chunks, out = [], None
         for start in range(0, B * N, chunk_size):
             stop = min(start + chunk_size, B * N)
             image_idx = torch.arange(start, stop, device=masks.device) // N if B > 1 else None
-            args = (flat_masks[start:stop], clip_fused, image_idx, fold_w, fold_b, blocks)
+            args = (flat_masks[start:stop], clip_fused, image_idx, fold_w, fold_b)
             if use_checkpoint:
                 # Non-reentrant checkpointing keeps only the chunk's inputs (the per-mask copy of the CLIP map
                 # is made inside, so it is recomputed too); the shared folded weights stay in the graph once,
@@ -173,23 +172,30 @@ class MaskAdapterHead(nn.Module):
                 x = checkpoint(self._chunk, *args, use_reentrant=False)
             else:
                 x = self._chunk(*args)
-            outputs.append(x.permute(0, 3, 1, 2))
-        out = torch.cat(outputs, dim=0) if len(outputs) > 1 else outputs[0].contiguous()
+            if torch.is_grad_enabled() or chunk_size >= B * N:
+                chunks.append(x.permute(0, 3, 1, 2))
+                continue
+            if out is None:  # without autograd, chunks are written into the output: no concatenation copy
+                out = x.new_empty((B * N, K, h, w))
+            out[start:stop] = x.permute(0, 3, 1, 2)
+        if out is None:
+            out = torch.cat(chunks) if len(chunks) > 1 else chunks[0].contiguous()
         return out.reshape(B, N * K, h, w)
 
     def _chunk(self, masks: torch.Tensor, clip_fused: torch.Tensor, image_idx: Optional[torch.Tensor],
-               fold_w: torch.Tensor, fold_b: torch.Tensor, blocks: list) -> torch.Tensor:
+               fold_w: torch.Tensor, fold_b: torch.Tensor) -> torch.Tensor:
         """One chunk of the fast path: ``masks`` [n, 1, Hm, Wm] of images ``image_idx`` [n] (None: the single
         image) + fused CLIP maps ``clip_fused`` [B, h, w, C] -> [n, h, w, K]."""
-        n = masks.shape[0]
-        base = clip_fused[image_idx] if image_idx is not None else clip_fused.expand(n, -1, -1, -1)
-        h, w = base.shape[1:3]
+        h, w = clip_fused.shape[1:3]
         m = F.interpolate(masks.float(), size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
         m = self.mask_downscaling[:6](m).permute(0, 2, 3, 1)  # [n, h, w, 16]
         x = torch.addmm(fold_b, m.reshape(-1, m.shape[-1]), fold_w.t()).view(*m.shape[:3], -1)
-        x = (x + base).contiguous()
-        for block, folded in blocks:
-            x = block.forward_nhwc(x, _MLP_ROW_TILE, folded)
+        base = clip_fused[image_idx] if image_idx is not None else clip_fused
+        # broadcast over the chunk's masks; out of place under autocast (bf16 x, fp32 base: the sum is fp32)
+        x = x.add_(base) if x.dtype == base.dtype and not torch.is_grad_enabled() else x + base
+        for block in self.blocks:
+            # x is this chunk's own tensor, so the blocks may update it in place (they do only without autograd)
+            x = block.forward_nhwc(x, _MLP_ROW_TILE, inplace=True)
         return F.linear(self.norm(x), self.final.weight.flatten(1), self.final.bias)  # [n, h, w, K]
 
     # ------------------------------------------------------------------ validation

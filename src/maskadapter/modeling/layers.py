@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerNorm2d", "ChannelsLastLayerNorm", "ConvNextBlock"]
+from ..precision import cpu_gemm_backend
+
+__all__ = ["LayerNorm2d", "ChannelsLastLayerNorm", "ConvNextBlock", "convnext_block_nhwc", "mlp_row_tile", "linear"]
+
+_TILE_ELEMENTS = 1024 * 3072
+MatrixAndBias = tuple[torch.Tensor, Optional[torch.Tensor]]
 
 
 class ChannelsLastLayerNorm(nn.Module):
@@ -58,30 +63,64 @@ class ConvNextBlock(nn.Module):
         y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
         return x + (self.gamma * y).permute(0, 3, 1, 2)
 
-    def folded_pwconv2(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``pwconv2`` with the layer scale folded in: gamma*(W y + b) == (gamma W) y + gamma b."""
-        return self.pwconv2.weight * self.gamma[:, None], self.pwconv2.bias * self.gamma
+    def forward_nhwc(self, x: torch.Tensor, row_tile: Optional[int] = None, inplace: bool = False) -> torch.Tensor:
+        """Same result for ``x`` [B, H, W, C] (contiguous NHWC) -> [B, H, W, C]; see :func:`convnext_block_nhwc`."""
+        return convnext_block_nhwc(x, self.dwconv, self.norm, (self.pwconv1.weight, self.pwconv1.bias),
+                                   (self.pwconv2.weight, self.pwconv2.bias), self.gamma, self.act.approximate,
+                                   row_tile, inplace)
 
-    def forward_nhwc(self, x: torch.Tensor, row_tile: int = 0,
-                     folded: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        """Same result for ``x`` [B, H, W, C] (contiguous NHWC), returned as [B, H, W, C].
 
-        The depthwise conv runs on a channels_last view, so no layout copy is made; the per-pixel
-        MLP optionally runs in tiles of ``row_tile`` pixels so its 4C-wide hidden activation stays
-        in cache (only without autograd, where the tiles can be written in place). ``folded`` is
-        :meth:`folded_pwconv2`, passed in when the caller runs many chunks.
-        """
-        y = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        if not y.is_contiguous():  # a backend that ignored channels_last
-            y = y.contiguous()
-        w2, b2 = folded if folded is not None else self.folded_pwconv2()
-        flat = y.view(-1, y.shape[-1])
-        if row_tile <= 0 or torch.is_grad_enabled() or flat.shape[0] <= row_tile:
-            z = F.linear(self.act(self.pwconv1(self.norm(flat))), w2, b2)
-            return x + z.view_as(x)
-        out = x.reshape(-1, x.shape[-1]).clone()
-        for start in range(0, flat.shape[0], row_tile):
-            rows = flat[start : start + row_tile]
-            hidden = self.act(self.pwconv1(self.norm(rows)))
-            out[start : start + row_tile] += F.linear(hidden, w2, b2)
-        return out.view_as(x)
+def convnext_block_nhwc(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module, fc1: MatrixAndBias, fc2: MatrixAndBias,
+                        gamma: Optional[torch.Tensor], approximate: str = "none", row_tile: Optional[int] = None,
+                        inplace: bool = False) -> torch.Tensor:
+    """A ConvNeXt block ``x + gamma * fc2(gelu(fc1(norm(dwconv(x)))))`` on ``x`` [B, H, W, C] (contiguous NHWC)
+    -> [B, H, W, C]; the head's blocks and open_clip's (timm) ConvNeXt blocks both run here.
+
+    ``fc1`` / ``fc2`` are (weight [out, in], bias) pairs; ``norm`` is any module with ``weight``, ``bias`` and
+    ``eps`` normalising the channels. The depthwise conv runs on a channels_last view, so no layout copy is made.
+    Without autograd the per-pixel MLP runs in tiles of ``row_tile`` pixels (None: :func:`mlp_row_tile`) so its
+    4C-wide hidden activation stays in cache, and adds into a copy of ``x`` (into ``x`` itself with
+    ``inplace``: the caller owns it).
+    """
+    y = dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    if not y.is_contiguous():  # a backend that ignored channels_last
+        y = y.contiguous()
+    flat = y.view(-1, y.shape[-1])
+    (w1, b1), (w2, b2) = fc1, fc2
+    if torch.is_grad_enabled():
+        hidden = F.linear(F.layer_norm(flat, flat.shape[-1:], norm.weight, norm.bias, norm.eps), w1, b1)
+        z = F.linear(F.gelu(hidden, approximate=approximate), w2, b2)
+        return x + (z if gamma is None else z * gamma).view_as(x)
+    out = x if inplace else x.clone()
+    out_flat = out.view(-1, out.shape[-1])
+    tile = row_tile if row_tile is not None else mlp_row_tile(w1.shape[0])
+    for start in range(0, flat.shape[0], tile):
+        rows = F.layer_norm(flat[start:start + tile], flat.shape[-1:], norm.weight, norm.bias, norm.eps)
+        hidden = linear(rows, w1, b1)
+        torch.ops.aten.gelu_(hidden, approximate=approximate)  # in place: no second 4C-wide buffer
+        z = linear(hidden, w2, b2)
+        target = out_flat[start:start + tile]
+        if gamma is None:
+            target.add_(z)
+        else:
+            target.addcmul_(z, gamma)
+    return out
+
+
+def mlp_row_tile(hidden: int) -> int:
+    """Rows per MLP tile for a ``hidden``-wide hidden layer: about 12 MB of fp32 activations (1024 rows of a
+    768-wide block), which stays in the last-level cache while the GEMMs stay large enough for full speed."""
+    return max(256, _TILE_ELEMENTS // max(hidden, 1))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.linear`` for ``x`` [M, K] and ``weight`` [N, K] -> [M, N], on the faster fp32 CPU GEMM library.
+
+    Inference only: oneDNN's linear (chosen by :func:`maskadapter.precision.cpu_gemm_backend`) records no
+    autograd graph and ignores autocast, so it runs only for fp32 CPU tensors outside both.
+    """
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and cpu_gemm_backend() == "onednn"):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
