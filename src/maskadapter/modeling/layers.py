@@ -117,10 +117,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) 
     """``F.linear`` for ``x`` [M, K] and ``weight`` [N, K] -> [M, N], on the faster fp32 CPU GEMM library.
 
     Inference only: oneDNN's linear (chosen by :func:`maskadapter.precision.cpu_gemm_backend`) records no
-    autograd graph and ignores autocast, so it runs only for fp32 CPU tensors outside both.
+    autograd graph and ignores autocast, so it runs only for fp32 CPU tensors outside both (and outside
+    ``torch.compile``, which picks its own GEMM).
     """
     if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and cpu_gemm_backend() == "onednn"):
+            and not torch.compiler.is_compiling() and cpu_gemm_backend() == "onednn"):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
