@@ -385,6 +385,7 @@ def test_instance_inference_bad_inputs():
         instance_inference(mask_cls[None], mask_pred)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_postprocess_on_cuda_matches_cpu():
     mask_cls, mask_pred = _instance_case()
