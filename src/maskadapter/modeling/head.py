@@ -28,7 +28,7 @@ __all__ = ["MaskAdapterHead"]
 HeadPath = Literal["fast", "reference"]
 
 # Pixel rows (masks x h x w) per chunk of the fast path: a chunk's 768-wide activations are about 25 MB in fp32;
-# its MLPs run in row tiles of layers.mlp_row_tile (None) or of this many rows.
+# its MLPs run in row tiles of layers.mlp_row_tile (None: 4096 rows at 768 wide) or of this many rows.
 _ROWS_PER_CHUNK = 8192
 _MLP_ROW_TILE: Optional[int] = None
 

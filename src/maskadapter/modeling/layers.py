@@ -17,7 +17,7 @@ from ..precision import cpu_gemm_backend
 
 __all__ = ["LayerNorm2d", "ChannelsLastLayerNorm", "ConvNextBlock", "convnext_block_nhwc", "mlp_row_tile", "linear"]
 
-_TILE_ELEMENTS = 1024 * 3072
+_TILE_ELEMENTS = 4096 * 3072
 MatrixAndBias = tuple[torch.Tensor, Optional[torch.Tensor]]
 
 
@@ -108,8 +108,9 @@ def convnext_block_nhwc(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module, fc1
 
 
 def mlp_row_tile(hidden: int) -> int:
-    """Rows per MLP tile for a ``hidden``-wide hidden layer: about 12 MB of fp32 activations (1024 rows of a
-    768-wide block), which stays in the last-level cache while the GEMMs stay large enough for full speed."""
+    """Rows per MLP tile for a ``hidden``-wide hidden layer: about 48 MB of fp32 activations (4096 rows of a
+    768-wide block). On 2 cores 4096-row tiles ran the head faster than 1024-row ones (40 masks, AVX2: 4.8 vs
+    5.8 s): each GEMM call repacks its weights and synchronises the threads. Peak memory stays bounded."""
     return max(256, _TILE_ELEMENTS // max(hidden, 1))
 
 
