@@ -299,8 +299,9 @@ class Predictor:
                       things: Things = None) -> list[SegmentationResult]:
         """:meth:`predict` for several images in one forward pass (padded to a common size, as the official
         test pipeline pads a batch). For images that share their padded size (:meth:`padded_size`; group images
-        by it), maps and masks equal one-by-one prediction and scores agree to float rounding (matrix kernels
-        sum in another order for another batch size). Each result's ``timings`` are the batch's."""
+        by it), maps and masks equal one-by-one prediction except where the deciding logits are within float
+        rounding of a tie or threshold, and scores agree to about 1e-4 relative (matrix kernels sum in another
+        order for another batch size). Each result's ``timings`` are the batch's."""
         timer = self._timer()
         with timer("preprocess"):
             prepared = [self.prepare(image) for image in images]
