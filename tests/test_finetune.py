@@ -221,6 +221,10 @@ def test_finetune_command_end_to_end_and_segment_with_the_result(tmp_path, own, 
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "complete model" in printed and "segment with: maskadapter segment" in printed
+    # the finished model on the held-out third through the benchmark evaluators (panoptic data: mIoU, PQ, AP)
+    held = json.loads((out / "held-out-eval" / "results.json").read_text())["metrics"]
+    assert {"semantic", "panoptic", "instance"} <= set(held) and 0 <= held["panoptic"]["PQ"] <= 100
+    assert "held-out images (" in printed and "mIoU" in printed and "PQ" in printed and "AP" in printed
     assert (out / "best.pt").is_file() and (out / "classes.txt").read_text().splitlines()[0] == "red"
     assert (out / "tensorboard").is_dir()
     model = read_state_dict(out / "model.safetensors")

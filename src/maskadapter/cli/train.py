@@ -98,10 +98,27 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"  complete model: {result.model_file} - segment with: maskadapter segment IMAGES --preset "
                   f"{config.model.preset} --weights {result.model_file} --vocab-file "
                   f"{result.model_file.parent / 'classes.txt'} -o OUT")
+            _print_held_out(config, result)
         if result.skipped_images:
             print(f"  {result.skipped_images} images without a usable mask were skipped")
         sys.stdout.flush()
     return 0
+
+
+def _print_held_out(config: Any, result: Any) -> None:
+    """The finished model on the held-out images of your own data (mIoU, PQ, AP as the data allows)."""
+    from ..evaluation.runner import summary_metrics
+    from ..training.data import held_out_dataset
+    from ..training.evaluate import evaluate_held_out
+
+    held_out = held_out_dataset(config)
+    if held_out is None:
+        return
+    folder = result.output_dir / "held-out-eval"
+    results = evaluate_held_out(result.model_file, config.model.preset, held_out, folder)
+    scores = ", ".join(f"{name.split(' ', 1)[1]} {value:.1f}" for name, value in summary_metrics(results).items()
+                       if value is not None)
+    print(f"  held-out images ({len(held_out)}): {scores} ({folder / 'results.json'})")
 
 
 def _config(args: argparse.Namespace, overrides: list) -> Any:

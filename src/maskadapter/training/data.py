@@ -69,6 +69,15 @@ def own_data_split(config: TrainConfig) -> tuple[SegmentationDataset, Optional[S
     return split_dataset(full, config.data.val_fraction, config.run.seed)
 
 
+def held_out_dataset(config: TrainConfig) -> Optional[SegmentationDataset]:
+    """The held-out images of a run on your own data (``eval.dataset``: ``split`` or a data spelling), else None."""
+    if config.eval.dataset == "split":
+        return own_data_split(config)[1]
+    if is_user_data(config.eval.dataset):
+        return load_user_dataset(config.eval.dataset)
+    return None
+
+
 class IndexedDataset(Dataset):
     """Wraps a dataset so each sample also carries its dataset index (for the per-image generators)."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -21,14 +22,16 @@ from ..data.datasets import SegmentationDataset, load_dataset
 from ..data.synthetic import SyntheticShapes
 from ..data.transforms import label_map_to_masks
 from ..evaluation.classification import MaskClassificationEvaluator
+from ..evaluation.runner import run_evaluation
 from ..evaluation.semantic import SemSegEvaluator
 from ..evaluation.state import reduce_evaluator
 from ..inference.classify import classify_image_masks
+from ..inference.predictor import Predictor
 from ..inference.postprocess import paint_masks
 from ..modeling.model import MaskAdapterModel
 from ..vocabulary import Vocabulary
 
-__all__ = ["EvalSet", "build_eval_set", "evaluate_gt_masks"]
+__all__ = ["EvalSet", "build_eval_set", "evaluate_gt_masks", "evaluate_held_out"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +110,12 @@ def evaluate_gt_masks(model: MaskAdapterModel, eval_set: EvalSet, text: torch.Te
     cls, sem = cls_eval.evaluate(), sem_eval.evaluate()
     return {"accuracy": float(cls["accuracy"]), "mean_class_accuracy": float(cls["mean_class_accuracy"]),
             "mIoU": float(sem["mIoU"]), "num_masks": int(cls["num_segments"])}
+
+
+def evaluate_held_out(model_file: Path, preset: str, held_out: SegmentationDataset, output_dir: Path,
+                      progress: bool = True) -> dict:
+    """The finished model (``model_file``, a complete checkpoint of ``preset``) on the held-out images through the
+    benchmark evaluators: mIoU, and PQ / AP where the data has panoptic / instance ground truth. Returns the
+    :func:`~maskadapter.evaluation.runner.run_evaluation` results (also written to ``output_dir/results.json``)."""
+    predictor = Predictor.from_checkpoint(model_file, preset, precision="fp32", text_cache_dir=False)
+    return run_evaluation(predictor, held_out, output_dir=output_dir, resume=False, progress=progress)
