@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from maskadapter import ClipConfig, HeadConfig, MaskAdapterModel
 
@@ -29,6 +31,18 @@ def tiny_clip_config(proj: str = "mlp") -> ClipConfig:
 
 
 TINY_HEAD = HeadConfig(clip_dim=32, num_channels=32)
+
+
+def random_photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """[H, W, 3] uint8 noise: a stand-in photo."""
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def save_random_photo(path: Path, h: int, w: int, seed: int = 0) -> Path:
+    """:func:`random_photo` written to ``path`` (format from its suffix; parent folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(random_photo(h, w, seed)).save(path)
+    return path
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:

@@ -26,7 +26,7 @@ from maskadapter.inference.batch import BatchOptions, SizeBatcher, run_batch
 from maskadapter.inference.inputs import collect_inputs
 from maskadapter.inference.predictor import Predictor
 
-from conftest import count_model_calls, write_tiny_checkpoint
+from conftest import count_model_calls, save_random_photo, write_tiny_checkpoint
 from contract import assert_coco_runs_contract
 
 VOCAB = "cat, sofa|couch, sky"
@@ -35,7 +35,7 @@ COMMANDS_WITH_MERGE = COMMANDS if merge_cmd in COMMANDS else (*COMMANDS, merge_c
 
 
 def _image(path: Path, h: int, w: int, seed: int) -> None:
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    save_random_photo(path, h, w, seed)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from maskadapter import fingerprint
 from maskadapter.fingerprint import cached_sha256, sha256_file
@@ -28,7 +26,7 @@ from maskadapter.inference.runstore import config_differences, merge_outputs, ru
 from maskadapter.presets import get_preset
 from maskadapter.vocabulary import Vocabulary
 
-from conftest import count_model_calls, write_tiny_checkpoint
+from conftest import count_model_calls, save_random_photo, write_tiny_checkpoint
 
 VOCAB = "cat, sofa|couch, sky"
 OPTIONS = BatchOptions(workers=0, progress=False)
@@ -41,8 +39,7 @@ def tiny(tmp_path_factory):
     images = root / "images"
     images.mkdir()
     for i, name in enumerate("abc"):
-        array = np.random.default_rng(i).integers(0, 255, (30 + 2 * i, 40, 3), dtype=np.uint8)
-        Image.fromarray(array).save(images / f"{name}.png")
+        save_random_photo(images / f"{name}.png", 30 + 2 * i, 40, i)
     predictor = Predictor.from_checkpoint(weights, str(preset_file), precision="fp32", text_cache_dir=False)
     return SimpleNamespace(root=root, preset=preset_file, weights=weights, images=images, predictor=predictor,
                            items=collect_inputs([str(images)]).items)

@@ -20,7 +20,7 @@ from maskadapter.cli import segment as segment_cmd
 from maskadapter.fileio import is_temporary
 from maskadapter.modeling.build import build_model, load_preset_file
 
-from conftest import count_model_calls, tiny_architecture, tiny_preset, write_tiny_preset
+from conftest import count_model_calls, save_random_photo, tiny_architecture, tiny_preset, write_tiny_preset
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +121,7 @@ def run(setup, inputs, out, *extra: str, vocab: str = "cat, sofa|couch, sky") ->
 
 
 def save(path: Path, h: int, w: int, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
-    return path
+    return save_random_photo(path, h, w, seed)
 
 
 def size_of(path: Path) -> tuple[int, int]:

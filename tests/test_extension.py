@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import torch
-from PIL import Image
 
 from maskadapter.fileio import atomic_write_text
 from maskadapter.inference.batch import BatchOptions, run_batch
@@ -17,7 +15,7 @@ from maskadapter.inference.inputs import collect_inputs
 from maskadapter.inference.predictor import Predictor
 from maskadapter.modeling.generators.source import MaskOutput, SourceInput
 
-from conftest import tiny_preset
+from conftest import save_random_photo, tiny_preset
 
 VOCAB = "sky, road, car"
 
@@ -75,8 +73,7 @@ def test_a_toy_mask_source_and_a_toy_format_run_segmentation_together(tiny_fccli
     images = tmp_path / "images"
     images.mkdir()
     for i, (h, w) in enumerate([(40, 60), (50, 50)]):
-        array = np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
-        Image.fromarray(array).save(images / f"photo{i}.png")
+        save_random_photo(images / f"photo{i}.png", h, w, i)
     source = Quadrants()
     predictor = Predictor(tiny_fcclip, tiny_preset(), precision="fp32", text_cache_dir=False).with_mask_source(source)
     items = collect_inputs([str(images)]).items

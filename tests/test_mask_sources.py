@@ -14,7 +14,7 @@ from maskadapter.inference.predictor import Predictor
 from maskadapter.inference.writers import encode_label_map
 from maskadapter.modeling.generators.source import MaskOutput, SourceInput
 
-from conftest import tiny_preset
+from conftest import random_photo, tiny_preset
 
 VOCAB = "sky, road, car"
 
@@ -55,7 +55,7 @@ class GridDecoder:
 
 
 def photo(seed: int, height: int = 48, width: int = 64) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return random_photo(height, width, seed)
 
 
 @pytest.fixture(scope="module")

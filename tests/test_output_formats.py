@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from maskadapter.fileio import atomic_write_text
 from maskadapter.inference import formats
@@ -19,7 +17,7 @@ from maskadapter.inference.inputs import collect_inputs
 from maskadapter.inference.predictor import Predictor
 from maskadapter.inference.runstore import merge_outputs
 
-from conftest import count_model_calls, write_tiny_checkpoint
+from conftest import count_model_calls, save_random_photo, write_tiny_checkpoint
 
 VOCAB = "cat, sofa|couch, sky"
 
@@ -59,8 +57,7 @@ def tiny(tmp_path_factory):
     images = root / "images"
     images.mkdir()
     for i, (h, w) in enumerate([(30, 40), (40, 30), (36, 36)]):
-        array = np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
-        Image.fromarray(array).save(images / f"im{i}.png")
+        save_random_photo(images / f"im{i}.png", h, w, i)
     predictor = Predictor.from_checkpoint(weights, str(preset_file), precision="fp32", text_cache_dir=False)
     return predictor, images
 

@@ -14,7 +14,7 @@ from maskadapter.inference.vocabularies import PreparedVocabulary
 from maskadapter.modeling.load import ADAPTER_PARTS, load_model
 from maskadapter.vocabulary import MAX_NAME_LENGTH, Vocabulary
 
-from conftest import tiny_architecture, tiny_preset, write_tiny_checkpoint
+from conftest import random_photo, tiny_architecture, tiny_preset, write_tiny_checkpoint
 
 VOCAB = "sky, road|street, car"
 
@@ -25,7 +25,7 @@ def predictor(tiny_fcclip):
 
 
 def image(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    return random_photo(40, 56, seed)
 
 
 # ---------------------------------------------------------------------------------------------- vocabularies
