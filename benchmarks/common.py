@@ -75,9 +75,10 @@ def gemm_peak(device: str = "cpu", size: int = 3072) -> dict:
     return rates
 
 
-def head_gemm_flops(masks, dense_proj, head, path: str) -> float:
+def head_gemm_flops(masks, dense_proj, head, path: str, mlp_flops: Optional[float] = None) -> float:
     """FLOPs of the head's matrix products (1x1 convs / linears; the depthwise convs are not GEMMs) for
-    ``masks`` [B, N, H, W]: the fast path computes distinct masks once and fuses the CLIP map once."""
+    ``masks`` [B, N, H, W]: the fast path computes distinct masks once and fuses the CLIP map once; its block
+    MLPs skip the pixels far from mask edges, so pass the ``mlp_flops`` it counted (see :class:`MlpFlops`)."""
     import torch
 
     cfg = head.config
@@ -86,10 +87,58 @@ def head_gemm_flops(masks, dense_proj, head, path: str) -> float:
     D, C, K, m = cfg.clip_dim, cfg.num_channels, cfg.num_output_maps, cfg.mask_in_chans
     if path == "fast":
         n = sum(int(torch.unique(masks[b].reshape(N, -1), dim=0).shape[0]) for b in range(B))
-        per_row = m * C + cfg.num_blocks * 8 * C * C + C * K
-        return 2.0 * (n * h * w * per_row + B * h * w * D * C)
+        blocks = 2.0 * n * h * w * cfg.num_blocks * 8 * C * C if mlp_flops is None else mlp_flops
+        return 2.0 * (n * h * w * (m * C + C * K) + B * h * w * D * C) + blocks
     per_row = m * D + D * C + cfg.num_blocks * 8 * C * C + C * K
     return 2.0 * B * N * h * w * per_row
+
+
+class MlpFlops:
+    """Counts the FLOPs of the ConvNeXt block MLPs (the rows each really runs) while ``active`` is true."""
+
+    def __init__(self) -> None:
+        from maskadapter.modeling import layers
+
+        self.flops, self.active = 0.0, False
+        inner = getattr(layers, "_mlp_rows_into", None)
+        self.available = inner is not None  # an older checkout (--baseline-src) may not have it
+        if inner is None:
+            return
+
+        def counted(flat, out_flat, norm, fc1, fc2, *rest):
+            if self.active:
+                self.flops += 2.0 * flat.shape[0] * (fc1[0].numel() + fc2[0].numel())
+            return inner(flat, out_flat, norm, fc1, fc2, *rest)
+        layers._mlp_rows_into = counted
+
+
+def segment_masks(count: int, height: int, width: int, photo: str = "coffee", seed: int = 0):
+    """``count`` object-like masks [count, height, width] (bool numpy): segments of a real photo at four
+    Felzenszwalb scales (each >= 0.5% of the image), filled up with near-duplicates (dilated or eroded by
+    1-2 px) as a trained mask generator proposes them. Needs scikit-image (its sample photos)."""
+    import numpy as np
+    try:
+        from skimage import data, morphology, segmentation, transform
+    except ImportError as exc:
+        raise SystemExit("--masks segments needs scikit-image: pip install scikit-image") from exc
+
+    img = transform.resize(getattr(data, photo)(), (height, width), anti_aliasing=True)
+    found, seen = [], set()
+    for scale in (100, 300, 1000, 3000):
+        labels = segmentation.felzenszwalb(img, scale=scale, sigma=0.8, min_size=max(4, height * width // 2000))
+        for label in range(labels.max() + 1):
+            mask = labels == label
+            if mask.sum() >= 0.005 * height * width and mask.tobytes() not in seen:
+                seen.add(mask.tobytes())
+                found.append(mask)
+    rng = np.random.default_rng(seed)
+    while len(found) < count:
+        mask, radius = found[rng.integers(len(found))], morphology.disk(int(rng.integers(1, 3)))
+        mask = morphology.dilation(mask, radius) if rng.random() < 0.5 else morphology.erosion(mask, radius)
+        if mask.any() and mask.tobytes() not in seen:
+            seen.add(mask.tobytes())
+            found.append(mask)
+    return np.stack([found[i] for i in rng.choice(len(found), count, replace=False)])
 
 
 def peak_rss_bytes() -> int:

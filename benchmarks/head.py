@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from common import gemm_peak, head_gemm_flops, isa_variants, kernels, run_child
+from common import MlpFlops, gemm_peak, head_gemm_flops, isa_variants, kernels, run_child, segment_masks
 
 CLIP_DIM, CHANNELS, K = 768, 768, 16
 
@@ -51,7 +51,11 @@ def child(spec: dict) -> dict:
                 p.normal_(0, 0.2)
     g, n = spec["grid"], spec["n"]
     dense = torch.randn(1, CLIP_DIM, g, g, device=device)
-    masks = torch.rand(1, n, 4 * g, 4 * g, device=device) > 0.5
+    if spec["masks"] == "segments":
+        masks = torch.from_numpy(segment_masks(n, 8 * g, 8 * g)).unsqueeze(0).to(device)
+    else:  # every mask pixel random: every mask reaches every pixel, so nothing is skipped
+        masks = torch.rand(1, n, 4 * g, 4 * g, device=device) > 0.5
+    counter = MlpFlops()
     dtype = torch.bfloat16 if spec["precision"] == "bf16" else None
 
     def call():
@@ -69,7 +73,9 @@ def child(spec: dict) -> dict:
         base = _rss_bytes()
     times = []
     start = time.perf_counter()
+    counter.active = True
     out = call()  # the first call also gives the peak (nothing was allocated before it)
+    counter.active = False
     times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
@@ -80,7 +86,8 @@ def child(spec: dict) -> dict:
         call()
         times.append(time.perf_counter() - start)
     torch.save(out.float().cpu(), spec["out"])
-    return {"seconds": min(times), "peak": max(peak, 0), "flops": head_gemm_flops(masks, dense, head, spec["path"])}
+    return {"seconds": min(times), "peak": max(peak, 0), "flops": head_gemm_flops(
+        masks, dense, head, spec["path"], counter.flops if spec["path"] == "fast" else None)}
 
 
 def main() -> None:
@@ -90,6 +97,10 @@ def main() -> None:
     parser.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto",
                         help="also time the explicit bf16 option (auto: where the hardware reports native bf16)")
     parser.add_argument("--isa", default="native,avx2", help="CPU kernel sets: native and/or avx2 (forced)")
+    parser.add_argument("--masks", default="noise,segments",
+                        help="mask sets: noise (each pixel random: every mask reaches every pixel, nothing is "
+                             "skipped) and/or segments (segments of a photo and near-duplicates, as a trained "
+                             "generator proposes; needs scikit-image)")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions of each row (best kept)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -102,8 +113,12 @@ def main() -> None:
     native = has_native_bf16(args.device)
     print(f"device: {args.device}   torch {torch.__version__}, {torch.get_num_threads()} threads; precision 'auto' "
           f"resolves to {str(resolve_precision('auto', args.device)).replace('torch.', '')}")
-    cases = [(20, 16), (20, 100)] if args.quick else [(g, n) for g in (20, 32) for n in (16, 100, 250)]
-    header = (f"{'grid':>5} {'N':>4} {'path':>9} {'prec':>4} {'s/call':>8} {'peak MiB':>9} {'speed':>6} "
+    sizes = [(20, 16), (20, 100)] if args.quick else [(g, n) for g in (20, 32) for n in (16, 100, 250)]
+    mask_sets = [m.strip() for m in args.masks.split(",") if m.strip()]
+    if not mask_sets or any(m not in ("noise", "segments") for m in mask_sets):
+        parser.error(f"--masks takes noise and/or segments, got {args.masks!r}")
+    cases = [(kind, g, n) for kind in mask_sets for g, n in sizes]
+    header = (f"{'masks':>8} {'grid':>5} {'N':>4} {'path':>9} {'prec':>4} {'s/call':>8} {'peak MiB':>9} {'speed':>6} "
               f"{'mem':>6} {'GFLOP/s':>8} {'%peak':>6} {'max|diff|':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         for isa, env in isa_variants(args.device, args.isa):
@@ -114,28 +129,30 @@ def main() -> None:
                   f"{gemm['mm']:.0f}" + (f", oneDNN {gemm['onednn']:.0f}" if "onednn" in gemm else "") + ")")
             with_bf16 = isa == "native" and (args.bf16 == "yes" or (args.bf16 == "auto" and native))
             variants = [("reference", "fp32"), ("fast", "fp32")] + ([("fast", "bf16")] if with_bf16 else [])
-            print("speed and mem: ratios against the fp32 reference of the row group; GFLOP/s: the path's own "
-                  "matrix-product FLOPs per second; %peak: of the fp32 GEMM peak above")
+            print("speed and mem: ratios against the fp32 reference of the row group; GFLOP/s: the matrix-product "
+                  "FLOPs the path really runs (the fast path skips pixels far from mask edges) per second; %peak: "
+                  "of the fp32 GEMM peak above")
             print(header)
             print("-" * len(header))
-            for grid, n in cases:
+            for kind, grid, n in cases:
                 base, found = None, {}
                 for _ in range(args.repeat):  # interleaved, best of each: a burst of other load hits all alike
                     for path, prec in variants:
-                        out = os.path.join(tmp, f"{isa}_{grid}_{n}_{path}_{prec}.pt")
+                        out = os.path.join(tmp, f"{isa}_{kind}_{grid}_{n}_{path}_{prec}.pt")
                         big = n * grid * grid > 100 * 400
                         res = run_child(__file__, {"grid": grid, "n": n, "path": path, "precision": prec, "out": out,
-                                                   "device": args.device, "reps": 1 if big else 3}, env)
+                                                   "masks": kind, "device": args.device, "reps": 1 if big else 3}, env)
                         old = found.get((path, prec))
                         found[(path, prec)] = res if old is None or res["seconds"] < old["seconds"] else old
                 for path, prec in variants:
                     res = found[(path, prec)]
-                    result = torch.load(os.path.join(tmp, f"{isa}_{grid}_{n}_{path}_{prec}.pt"), weights_only=True)
+                    result = torch.load(os.path.join(tmp, f"{isa}_{kind}_{grid}_{n}_{path}_{prec}.pt"),
+                                        weights_only=True)
                     if base is None:
                         base, base_out = res, result
                     rate = res["flops"] / res["seconds"] / 1e9
                     diff = float((result - base_out).abs().max())
-                    print(f"{grid}x{grid:<2} {n:>4} {path:>9} {prec:>4} {res['seconds']:8.3f} "
+                    print(f"{kind:>8} {grid}x{grid:<2} {n:>4} {path:>9} {prec:>4} {res['seconds']:8.3f} "
                           f"{res['peak'] / 2**20:9.0f} {base['seconds'] / res['seconds']:5.2f}x "
                           f"{res['peak'] / max(base['peak'], 1):5.2f}x {rate:8.0f} {100 * rate / gemm['peak']:5.0f}% "
                           f"{diff:10.2e}", flush=True)

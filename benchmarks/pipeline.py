@@ -23,12 +23,28 @@ import time
 import numpy as np
 import torch
 
-from common import gemm_peak, head_gemm_flops, isa_variants, kernels, peak_rss_bytes, run_child
+from common import MlpFlops, gemm_peak, head_gemm_flops, isa_variants, kernels, peak_rss_bytes, run_child, segment_masks
 
 STAGES = ("backbone", "generator", "adapter", "head")
 
 
-def _instrument(model: torch.nn.Module, seconds: dict, seen: dict) -> None:
+def _use_segment_masks(model: torch.nn.Module) -> None:
+    """Replace the generator's mask logits by +-8 logits of photo segments (as many as it has queries): random
+    weights propose masks that each cover about 70% of the image in random speckles, a trained generator object
+    masks. Its class logits and its run time are kept."""
+    inner, made = model.sem_seg_head.forward, {}
+
+    def forward(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        shape = out["pred_masks"].shape[1:]
+        if shape not in made:  # made during the warm-up image, outside the timed one
+            made[shape] = torch.from_numpy(segment_masks(*shape)).to(out["pred_masks"]) * 16 - 8
+        out["pred_masks"] = made[shape].unsqueeze(0).expand_as(out["pred_masks"]).contiguous()
+        return out
+    model.sem_seg_head.forward = forward
+
+
+def _instrument(model: torch.nn.Module, seconds: dict, seen: dict, counter: MlpFlops) -> None:
     """Time the model's stages by wrapping its methods (the same names in old and new checkouts) and keep the
     inputs of the backbone and the head for the naive reference runs."""
     def wrap(owner, name, stage, keep=None):
@@ -47,6 +63,15 @@ def _instrument(model: torch.nn.Module, seconds: dict, seen: dict) -> None:
     wrap(model.sem_seg_head, "forward", "generator")
     wrap(model, "classify_masks", "adapter", lambda a, o: seen.update(logits=o))
     wrap(model.mask_adapter, "forward", "head", lambda a, o: seen.update(dense_proj=a[0], masks=a[1]))
+    head_forward = model.mask_adapter.forward
+
+    def counted(*args, **kwargs):  # the block-MLP FLOPs the head really runs
+        counter.flops, counter.active = 0.0, True
+        try:
+            return head_forward(*args, **kwargs)
+        finally:
+            counter.active = False
+    model.mask_adapter.forward = counted
 
 
 def child(spec: dict) -> dict:
@@ -61,10 +86,12 @@ def child(spec: dict) -> dict:
     predictor = Predictor(model, "fcclip-large", device=device, precision=spec["precision"],
                           text_cache_dir=spec["text_cache"])
     vocab = builtin_vocabulary(spec["vocab"])
+    if spec.get("masks") == "segments":
+        _use_segment_masks(model)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8) for _ in range(2)]
-    seconds, seen = {}, {}
-    _instrument(model, seconds, seen)
+    seconds, seen, counter = {}, {}, MlpFlops()
+    _instrument(model, seconds, seen, counter)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     result = None
     for image in images:  # the first image warms up (text embeddings, kernel selection, allocator)
@@ -76,7 +103,8 @@ def child(spec: dict) -> dict:
     out = {"seconds": dict(seconds), "kernels": kernels(),
            "peak": torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes()}
     head = model.mask_adapter
-    out["head_flops"] = head_gemm_flops(seen["masks"], seen["dense_proj"], head, "fast")
+    out["head_flops"] = head_gemm_flops(seen["masks"], seen["dense_proj"], head, "fast",
+                                        counter.flops if counter.available else None)
     if spec.get("save"):
         torch.save({"logits": seen["logits"].float().cpu(), "semantic": torch.as_tensor(result.semantic)},
                    spec["save"])
@@ -146,6 +174,10 @@ def main() -> None:
     parser.add_argument("--vocab", default="ade20k_150", help="built-in vocabulary (default ade20k_150)")
     parser.add_argument("--isa", default="native,avx2", help="CPU kernel sets: native and/or avx2 (forced)")
     parser.add_argument("--baseline-src", help="another checkout's src/ folder, timed per image in the same run")
+    parser.add_argument("--masks", choices=["generator", "segments"], default="segments",
+                        help="the masks the adapter classifies: the random generator's own (speckles over ~70%% of "
+                             "the image: the head skips nothing) or photo segments and near-duplicates in their "
+                             "place, as a trained generator proposes (default; needs scikit-image)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive backbone and head references")
     parser.add_argument("--no-bf16", action="store_true", help="skip the explicit bf16 option")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -155,11 +187,13 @@ def main() -> None:
         return
     here = os.path.abspath(__file__)
     print(f"device: {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; fcclip-large "
-          f"dimensions, random weights, 1024x768 input processed at 896x672, 250 queries, vocabulary {args.vocab}; "
+          f"dimensions, random weights, 1024x768 input processed at 896x672, 250 queries ({args.masks} masks), "
+          f"vocabulary {args.vocab}; "
           f"seconds per image (the second image of each process), fp32 unless stated")
     with tempfile.TemporaryDirectory() as tmp:
         # one text cache for every child: the text tower runs once, not once per process
-        spec = {"device": args.device, "precision": "fp32", "vocab": args.vocab, "text_cache": tmp}
+        spec = {"device": args.device, "precision": "fp32", "vocab": args.vocab, "text_cache": tmp,
+                "masks": args.masks}
         for isa, env in isa_variants(args.device, args.isa):
             fp32_file = os.path.join(tmp, f"{isa}-fp32.pt")
             res = run_child(here, {**spec, "naive": not args.no_naive, "peak_gemm": True, "save": fp32_file}, env)

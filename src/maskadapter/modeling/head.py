@@ -13,7 +13,7 @@ Two computations of the same function live here:
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,20 @@ HeadPath = Literal["fast", "reference"]
 # its MLPs run in row tiles of layers.mlp_row_tile (None: 4096 rows at 768 wide) or of this many rows.
 _ROWS_PER_CHUNK = 8192
 _MLP_ROW_TILE: Optional[int] = None
+# Without autograd, pixels that no mask edge can reach (through the mask stem and the 7x7 depthwise convs) skip
+# the blocks' MLPs: they equal an all-zero or an all-one mask's. That costs two extra masks per image, so it is
+# used from this many masks on; a block whose reached pixels exceed this fraction of the chunk runs dense.
+_MIN_MASKS_TO_SKIP = 4
+_DENSE_FRACTION = 0.9
+
+
+class _ConstantStates(NamedTuple):
+    """Block outputs [B, h, w, C] (one per block) of an all-zero and an all-one mask, and the all-one mask as the
+    stem sees it [1, 1, 4h, 4w]."""
+
+    zero: list[torch.Tensor]
+    one: list[torch.Tensor]
+    one_resized: torch.Tensor
 
 
 class MaskAdapterHead(nn.Module):
@@ -160,6 +174,9 @@ class MaskAdapterHead(nn.Module):
         fold_b = fuse_w @ last.bias  # [C]
         flat_masks = masks.reshape(B * N, 1, *masks.shape[-2:])
         use_checkpoint = self.grad_checkpoint and torch.is_grad_enabled()
+        constant = None
+        if not torch.is_grad_enabled() and N >= _MIN_MASKS_TO_SKIP:
+            constant = self._constant_mask_states(flat_masks, clip_fused, fold_w, fold_b)
         chunks, out = [], None
         for start in range(0, B * N, chunk_size):
             stop = min(start + chunk_size, B * N)
@@ -171,7 +188,7 @@ class MaskAdapterHead(nn.Module):
                 # so their gradients accumulate over chunks as usual.
                 x = checkpoint(self._chunk, *args, use_reentrant=False)
             else:
-                x = self._chunk(*args)
+                x = self._chunk(*args, constant=constant)
             if torch.is_grad_enabled() or chunk_size >= B * N:
                 chunks.append(x.permute(0, 3, 1, 2))
                 continue
@@ -182,20 +199,52 @@ class MaskAdapterHead(nn.Module):
             out = torch.cat(chunks) if len(chunks) > 1 else chunks[0].contiguous()
         return out.reshape(B, N * K, h, w)
 
+    def _constant_mask_states(self, flat_masks: torch.Tensor, clip_fused: torch.Tensor, fold_w: torch.Tensor,
+                              fold_b: torch.Tensor) -> "_ConstantStates":
+        """Each block's output for an all-zero and an all-one mask on every image: away from a mask's edge a
+        block gives exactly one of these (the mask stem sees only zeros, or only ones, there), so those pixels
+        need no MLP."""
+        B = clip_fused.shape[0]
+        image_idx = torch.arange(B, device=clip_fused.device).repeat(2)
+        constant = flat_masks.new_zeros((2 * B, *flat_masks.shape[1:]))
+        constant[B:] = 1
+        states: list[torch.Tensor] = []
+        self._chunk(constant, clip_fused, image_idx, fold_w, fold_b, record=states)
+        h, w = clip_fused.shape[1:3]
+        resized = F.interpolate(constant[B:B + 1].float(), size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
+        return _ConstantStates([s[:B] for s in states], [s[B:] for s in states], resized)
+
     def _chunk(self, masks: torch.Tensor, clip_fused: torch.Tensor, image_idx: Optional[torch.Tensor],
-               fold_w: torch.Tensor, fold_b: torch.Tensor) -> torch.Tensor:
+               fold_w: torch.Tensor, fold_b: torch.Tensor, constant: Optional["_ConstantStates"] = None,
+               record: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
         """One chunk of the fast path: ``masks`` [n, 1, Hm, Wm] of images ``image_idx`` [n] (None: the single
-        image) + fused CLIP maps ``clip_fused`` [B, h, w, C] -> [n, h, w, K]."""
+        image) + fused CLIP maps ``clip_fused`` [B, h, w, C] -> [n, h, w, K].
+
+        With ``constant`` (see :meth:`_constant_mask_states`) each block runs its MLP only near the masks'
+        edges; ``record`` collects each block's output."""
         h, w = clip_fused.shape[1:3]
         m = F.interpolate(masks.float(), size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
+        if constant is not None:
+            off_zero = block_reach(m != 0, len(self.blocks))
+            off_one = block_reach(m != constant.one_resized, len(self.blocks))
         m = self.mask_downscaling[:6](m).permute(0, 2, 3, 1)  # [n, h, w, 16]
         x = torch.addmm(fold_b, m.reshape(-1, m.shape[-1]), fold_w.t()).view(*m.shape[:3], -1)
         base = clip_fused[image_idx] if image_idx is not None else clip_fused
         # broadcast over the chunk's masks; out of place under autocast (bf16 x, fp32 base: the sum is fp32)
         x = x.add_(base) if x.dtype == base.dtype and not torch.is_grad_enabled() else x + base
-        for block in self.blocks:
+        for k, block in enumerate(self.blocks):
             # x is this chunk's own tensor, so the blocks may update it in place (they do only without autograd)
-            x = block.forward_nhwc(x, _MLP_ROW_TILE, inplace=True)
+            edge = off_zero[k] & off_one[k] if constant is not None else None
+            rows = edge.view(-1).nonzero().squeeze(1) if edge is not None else None
+            if rows is None or rows.numel() > _DENSE_FRACTION * edge.numel():
+                x = block.forward_nhwc(x, _MLP_ROW_TILE, inplace=True)
+            else:
+                zero, one = constant.zero[k], constant.one[k]
+                if image_idx is not None:
+                    zero, one = zero[image_idx], one[image_idx]
+                x = block.forward_rows(x, rows, torch.where(off_zero[k].unsqueeze(-1), one, zero), _MLP_ROW_TILE)
+            if record is not None:
+                record.append(x.clone())
         return F.linear(self.norm(x), self.final.weight.flatten(1), self.final.bias)  # [n, h, w, K]
 
     # ------------------------------------------------------------------ validation
@@ -227,3 +276,20 @@ class MaskAdapterHead(nn.Module):
         c = self.config
         return (f"clip_dim={c.clip_dim}, num_channels={c.num_channels}, mask_in_chans={c.mask_in_chans}, "
                 f"num_output_maps={c.num_output_maps}, num_blocks={c.num_blocks}")
+
+
+def block_reach(changed: torch.Tensor, num_blocks: int, kernel_size: int = 7) -> torch.Tensor:
+    """Which pixels of each block's output [num_blocks, n, h, w] (bool) the pixels ``changed`` [n, 1, 4h, 4w]
+    (bool) of the mask stem's input can affect.
+
+    The stem's two 3x3 stride-2 convs see a cell's 7x7 window only; each block's ``kernel_size`` depthwise
+    conv then widens the reach by its radius (the MLPs are per pixel).
+    """
+    reached = changed.float()
+    for _ in range(2):
+        reached = F.max_pool2d(reached, 3, stride=2, padding=1)
+    steps = []
+    for _ in range(num_blocks):
+        reached = F.max_pool2d(reached, kernel_size, stride=1, padding=kernel_size // 2)
+        steps.append(reached[:, 0] > 0)
+    return torch.stack(steps)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..precision import cpu_gemm_backend
 
-__all__ = ["LayerNorm2d", "ChannelsLastLayerNorm", "ConvNextBlock", "convnext_block_nhwc", "mlp_row_tile", "linear"]
+__all__ = ["LayerNorm2d", "ChannelsLastLayerNorm", "ConvNextBlock", "convnext_block_nhwc", "convnext_block_rows", "mlp_row_tile", "linear"]
 
 _TILE_ELEMENTS = 4096 * 3072
 MatrixAndBias = tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -69,6 +69,13 @@ class ConvNextBlock(nn.Module):
                                    (self.pwconv2.weight, self.pwconv2.bias), self.gamma, self.act.approximate,
                                    row_tile, inplace)
 
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor, rest: torch.Tensor,
+                     row_tile: Optional[int] = None) -> torch.Tensor:
+        """This block on the pixels ``rows`` of ``x`` [B, H, W, C] only, ``rest`` elsewhere; see :func:`convnext_block_rows`."""
+        return convnext_block_rows(x, rows, rest, self.dwconv, self.norm, (self.pwconv1.weight, self.pwconv1.bias),
+                                   (self.pwconv2.weight, self.pwconv2.bias), self.gamma, self.act.approximate,
+                                   row_tile)
+
 
 def convnext_block_nhwc(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module, fc1: MatrixAndBias, fc2: MatrixAndBias,
                         gamma: Optional[torch.Tensor], approximate: str = "none", row_tile: Optional[int] = None,
@@ -82,17 +89,48 @@ def convnext_block_nhwc(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module, fc1
     4C-wide hidden activation stays in cache, and adds into a copy of ``x`` (into ``x`` itself with
     ``inplace``: the caller owns it).
     """
-    y = dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    if not y.is_contiguous():  # a backend that ignored channels_last
-        y = y.contiguous()
-    flat = y.view(-1, y.shape[-1])
+    flat = _dwconv_nhwc(x, dwconv).view(-1, x.shape[-1])
     (w1, b1), (w2, b2) = fc1, fc2
     if torch.is_grad_enabled():
         hidden = F.linear(F.layer_norm(flat, flat.shape[-1:], norm.weight, norm.bias, norm.eps), w1, b1)
         z = F.linear(F.gelu(hidden, approximate=approximate), w2, b2)
         return x + (z if gamma is None else z * gamma).view_as(x)
     out = x if inplace else x.clone()
-    out_flat = out.view(-1, out.shape[-1])
+    _mlp_rows_into(flat, out.view(-1, out.shape[-1]), norm, fc1, fc2, gamma, approximate, row_tile)
+    return out
+
+
+def convnext_block_rows(x: torch.Tensor, rows: torch.Tensor, rest: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module,
+                        fc1: MatrixAndBias, fc2: MatrixAndBias, gamma: Optional[torch.Tensor],
+                        approximate: str = "none", row_tile: Optional[int] = None) -> torch.Tensor:
+    """:func:`convnext_block_nhwc` on ``x`` [B, H, W, C] (contiguous NHWC, updated in place and returned) for the
+    pixels ``rows`` [R] (indices into the flattened B*H*W pixels) only; every other pixel takes its value from
+    ``rest`` (broadcastable to ``x``): the caller knows what the block gives there. Inference only (no autograd).
+
+    The depthwise conv still runs on the whole grid (the kept pixels need their neighbours); the per-pixel MLP,
+    nearly all of the work, runs on the kept pixels alone.
+    """
+    channels = x.shape[-1]
+    kept = x.view(-1, channels).index_select(0, rows)
+    y = _dwconv_nhwc(x, dwconv).view(-1, channels).index_select(0, rows)
+    _mlp_rows_into(y, kept, norm, fc1, fc2, gamma, approximate, row_tile)
+    x.copy_(rest)
+    x.view(-1, channels).index_copy_(0, rows, kept)
+    return x
+
+
+def _dwconv_nhwc(x: torch.Tensor, dwconv: nn.Conv2d) -> torch.Tensor:
+    """Depthwise conv of ``x`` [B, H, W, C] on its channels_last view -> contiguous [B, H, W, C] (no layout copy)."""
+    y = dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    return y if y.is_contiguous() else y.contiguous()  # a backend that ignored channels_last
+
+
+def _mlp_rows_into(flat: torch.Tensor, out_flat: torch.Tensor, norm: nn.Module, fc1: MatrixAndBias,
+                   fc2: MatrixAndBias, gamma: Optional[torch.Tensor], approximate: str,
+                   row_tile: Optional[int]) -> None:
+    """``out_flat += gamma * fc2(gelu(fc1(norm(flat))))`` for ``flat`` / ``out_flat`` [M, C], in row tiles so the
+    4C-wide hidden activation stays in cache."""
+    (w1, b1), (w2, b2) = fc1, fc2
     tile = row_tile if row_tile is not None else mlp_row_tile(w1.shape[0])
     for start in range(0, flat.shape[0], tile):
         rows = F.layer_norm(flat[start:start + tile], flat.shape[-1:], norm.weight, norm.bias, norm.eps)
@@ -104,7 +142,6 @@ def convnext_block_nhwc(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module, fc1
             target.add_(z)
         else:
             target.addcmul_(z, gamma)
-    return out
 
 
 def mlp_row_tile(hidden: int) -> int:
