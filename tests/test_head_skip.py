@@ -68,13 +68,16 @@ def test_skipping_meets_the_official_formula_and_runs_fewer_rows(head, monkeypat
     expected = official_formula(fabricated_state(D, C), clip, masks.float())
     rows = count_mlp_rows(monkeypatch)
     with torch.no_grad():
+        padded = head(clip, masks, chunk_size=chunk)  # row counts padded to a multiple of 256
+        monkeypatch.setattr(layers, "_ROW_BUCKET", 1)
+        rows.clear()
         fast = head(clip, masks, chunk_size=chunk)
         skipping = sum(rows)
         monkeypatch.setattr(head_module, "_MIN_MASKS_TO_SKIP", 10 ** 9)
         rows.clear()
         dense = head(clip, masks, chunk_size=chunk)
     assert rel_err(fast, expected) < 1e-5
-    assert rel_err(fast, dense) < 1e-6
+    assert rel_err(fast, dense) < 1e-6 and rel_err(padded, fast) < 1e-6
     assert sum(rows) == 2 * 9 * GRID[0] * GRID[1] * 3  # the dense path runs every pixel of every block
     assert skipping < 0.8 * sum(rows)  # with the two constant masks per image (a third of what is run here)
 

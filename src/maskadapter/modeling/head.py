@@ -242,7 +242,8 @@ class MaskAdapterHead(nn.Module):
                 zero, one = constant.zero[k], constant.one[k]
                 if image_idx is not None:
                     zero, one = zero[image_idx], one[image_idx]
-                x = block.forward_rows(x, rows, torch.where(off_zero[k].unsqueeze(-1), one, zero), _MLP_ROW_TILE)
+                near_one = off_zero[k].unsqueeze(-1)
+                x = block.forward_rows(x, rows, lambda t: torch.where(near_one, one, zero, out=t), _MLP_ROW_TILE)
             if record is not None:
                 record.append(x.clone())
         return F.linear(self.norm(x), self.final.weight.flatten(1), self.final.bias)  # [n, h, w, K]

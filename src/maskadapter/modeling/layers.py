@@ -7,7 +7,7 @@ optimizer builder exempts only ``nn.LayerNorm`` instances from weight decay, so 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from ..precision import cpu_gemm_backend
 __all__ = ["LayerNorm2d", "ChannelsLastLayerNorm", "ConvNextBlock", "convnext_block_nhwc", "convnext_block_rows", "mlp_row_tile", "linear"]
 
 _TILE_ELEMENTS = 4096 * 3072
+_ROW_BUCKET = 256
 MatrixAndBias = tuple[torch.Tensor, Optional[torch.Tensor]]
 
 
@@ -69,10 +70,10 @@ class ConvNextBlock(nn.Module):
                                    (self.pwconv2.weight, self.pwconv2.bias), self.gamma, self.act.approximate,
                                    row_tile, inplace)
 
-    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor, rest: torch.Tensor,
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor, fill_rest: Callable[[torch.Tensor], object],
                      row_tile: Optional[int] = None) -> torch.Tensor:
-        """This block on the pixels ``rows`` of ``x`` [B, H, W, C] only, ``rest`` elsewhere; see :func:`convnext_block_rows`."""
-        return convnext_block_rows(x, rows, rest, self.dwconv, self.norm, (self.pwconv1.weight, self.pwconv1.bias),
+        """This block on the pixels ``rows`` of ``x`` [B, H, W, C] only; see :func:`convnext_block_rows`."""
+        return convnext_block_rows(x, rows, fill_rest, self.dwconv, self.norm, (self.pwconv1.weight, self.pwconv1.bias),
                                    (self.pwconv2.weight, self.pwconv2.bias), self.gamma, self.act.approximate,
                                    row_tile)
 
@@ -100,22 +101,28 @@ def convnext_block_nhwc(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module, fc1
     return out
 
 
-def convnext_block_rows(x: torch.Tensor, rows: torch.Tensor, rest: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module,
+def convnext_block_rows(x: torch.Tensor, rows: torch.Tensor, fill_rest: Callable[[torch.Tensor], object],
+                        dwconv: nn.Conv2d, norm: nn.Module,
                         fc1: MatrixAndBias, fc2: MatrixAndBias, gamma: Optional[torch.Tensor],
                         approximate: str = "none", row_tile: Optional[int] = None) -> torch.Tensor:
     """:func:`convnext_block_nhwc` on ``x`` [B, H, W, C] (contiguous NHWC, updated in place and returned) for the
-    pixels ``rows`` [R] (indices into the flattened B*H*W pixels) only; every other pixel takes its value from
-    ``rest`` (broadcastable to ``x``): the caller knows what the block gives there. Inference only (no autograd).
+    pixels ``rows`` [R] (indices into the flattened B*H*W pixels) only; ``fill_rest(x)`` writes every pixel's
+    value into ``x`` (the caller knows what the block gives away from ``rows``), then the computed rows are put
+    back. Inference only (no autograd).
 
     The depthwise conv still runs on the whole grid (the kept pixels need their neighbours); the per-pixel MLP,
     nearly all of the work, runs on the kept pixels alone.
     """
-    channels = x.shape[-1]
-    kept = x.view(-1, channels).index_select(0, rows)
-    y = _dwconv_nhwc(x, dwconv).view(-1, channels).index_select(0, rows)
+    channels, count = x.shape[-1], rows.numel()
+    # Row counts rounded up to a multiple of _ROW_BUCKET (the padding repeats a row and is dropped): oneDNN keeps
+    # a primitive, with its memory, per matrix shape, and every chunk would otherwise bring a new one (+350 MB).
+    padding = -count % _ROW_BUCKET
+    gather = torch.cat([rows, rows[-1:].expand(padding)]) if padding and count else rows
+    kept = x.view(-1, channels).index_select(0, gather)
+    y = _dwconv_nhwc(x, dwconv).view(-1, channels).index_select(0, gather)
     _mlp_rows_into(y, kept, norm, fc1, fc2, gamma, approximate, row_tile)
-    x.copy_(rest)
-    x.view(-1, channels).index_copy_(0, rows, kept)
+    fill_rest(x)
+    x.view(-1, channels).index_copy_(0, rows, kept[:count])
     return x
 
 
