@@ -73,7 +73,7 @@ def test_skipping_meets_the_official_formula_and_runs_fewer_rows(head, monkeypat
         rows.clear()
         fast = head(clip, masks, chunk_size=chunk)
         skipping = sum(rows)
-        monkeypatch.setattr(head_module, "_MIN_MASKS_TO_SKIP", 10 ** 9)
+        monkeypatch.setattr(head_module, "_SKIP_MARGIN", float("inf"))
         rows.clear()
         dense = head(clip, masks, chunk_size=chunk)
     assert rel_err(fast, expected) < 1e-5
@@ -101,21 +101,26 @@ def test_reach_is_exactly_where_a_pixel_changes_the_output(head):
         assert 0 < int(reach.sum()) < reach.numel()
 
 
-def test_few_masks_and_autograd_run_dense(head, monkeypatch):
-    """Two extra constant masks per image cost more than they save for a handful of masks; training needs the
-    whole graph."""
+def test_skipping_only_where_it_pays_and_never_under_autograd(head, monkeypatch):
+    """The two constant masks per image cost more than they save for a handful of masks or for masks speckled
+    over the whole image: those run dense, without them. Training needs the whole graph."""
     torch.manual_seed(2)
     clip = torch.randn(1, D, *GRID)
-    masks = object_masks(1)[:, 2:5]
+    dense_rows = GRID[0] * GRID[1]
     rows = count_mlp_rows(monkeypatch)
     with torch.no_grad():
-        head(clip, masks)
-    assert rows == [3 * GRID[0] * GRID[1]] * 3
+        head(clip, object_masks(1)[:, 2:5])
+        assert rows == [3 * dense_rows] * 3
+        rows.clear()
+        head(clip, torch.rand(1, 12, *MASK) > 0.5)
+        assert rows == [12 * dense_rows] * 3
+        rows.clear()
+        head(clip, object_masks(1))
+        assert sum(rows) < 9 * dense_rows * 3
     rows.clear()
     clip.requires_grad_(True)
-    out = head(clip, object_masks(1))
-    out.sum().backward()
-    assert rows == [] and clip.grad is not None  # autograd takes the untiled branch of the block
+    head(clip, object_masks(1)).sum().backward()
+    assert rows == [] and clip.grad is not None  # autograd takes the block's untiled branch, whole rows
 
 
 def test_bf16_autocast_skipping_stays_close(head):

@@ -9,6 +9,12 @@ Two computations of the same function live here:
   stem's last 1x1 conv folds into ``W_fuse`` (16 -> 768 instead of 16 -> D -> 768). Masks run in chunks
   so peak memory is bounded, in NHWC layout so the blocks need no permute copies. For training,
   ``grad_checkpoint = True`` recomputes each chunk in the backward pass instead of storing its activations.
+
+Without autograd the fast path also skips most of the blocks' MLPs (nearly all of the head's work) for
+object-like masks: the mask stem sees a cell's 7x7 window of the resized mask only, and each 7x7 depthwise conv
+widens a change by 3 cells, so a pixel farther from every mask edge than that equals the same pixel of an
+all-zero mask (outside) or an all-one mask (inside). Those two masks run once per image; every mask's MLPs run
+on the pixels its edges reach (:func:`block_reach`). Masks speckled over the whole image skip nothing.
 """
 
 from __future__ import annotations
@@ -32,19 +38,25 @@ HeadPath = Literal["fast", "reference"]
 _ROWS_PER_CHUNK = 8192
 _MLP_ROW_TILE: Optional[int] = None
 # Without autograd, pixels that no mask edge can reach (through the mask stem and the 7x7 depthwise convs) skip
-# the blocks' MLPs: they equal an all-zero or an all-one mask's. That costs two extra masks per image, so it is
-# used from this many masks on; a block whose reached pixels exceed this fraction of the chunk runs dense.
-_MIN_MASKS_TO_SKIP = 4
+# the blocks' MLPs: they equal an all-zero or an all-one mask's. Those two masks per image cost MLP rows too, so
+# skipping is used where it saves this many times their rows; a block whose reached pixels exceed this fraction
+# of the chunk runs dense (gathering them would cost more than it saves).
+_SKIP_MARGIN = 2.0
 _DENSE_FRACTION = 0.9
 
 
-class _ConstantStates(NamedTuple):
-    """Block outputs [B, h, w, C] (one per block) of an all-zero and an all-one mask, and the all-one mask as the
-    stem sees it [1, 1, 4h, 4w]."""
+class _SkipPlan(NamedTuple):
+    """Block outputs [B, h, w, C] (one per block) of an all-zero and an all-one mask, and per block which pixels
+    of each mask [blocks, B*N, h, w] (bool) its non-zero and its non-one pixels reach."""
 
     zero: list[torch.Tensor]
     one: list[torch.Tensor]
-    one_resized: torch.Tensor
+    off_zero: torch.Tensor
+    off_one: torch.Tensor
+
+    def chunk(self, start: int, stop: int) -> "_SkipPlan":
+        """The plan of masks ``start:stop``."""
+        return self._replace(off_zero=self.off_zero[:, start:stop], off_one=self.off_one[:, start:stop])
 
 
 class MaskAdapterHead(nn.Module):
@@ -174,9 +186,7 @@ class MaskAdapterHead(nn.Module):
         fold_b = fuse_w @ last.bias  # [C]
         flat_masks = masks.reshape(B * N, 1, *masks.shape[-2:])
         use_checkpoint = self.grad_checkpoint and torch.is_grad_enabled()
-        constant = None
-        if not torch.is_grad_enabled() and N >= _MIN_MASKS_TO_SKIP:
-            constant = self._constant_mask_states(flat_masks, clip_fused, fold_w, fold_b)
+        skip = None if torch.is_grad_enabled() else self._skip_plan(flat_masks, clip_fused, fold_w, fold_b, chunk_size)
         chunks, out = [], None
         for start in range(0, B * N, chunk_size):
             stop = min(start + chunk_size, B * N)
@@ -188,7 +198,7 @@ class MaskAdapterHead(nn.Module):
                 # so their gradients accumulate over chunks as usual.
                 x = checkpoint(self._chunk, *args, use_reentrant=False)
             else:
-                x = self._chunk(*args, constant=constant)
+                x = self._chunk(*args, skip=skip.chunk(start, stop) if skip is not None else None)
             if torch.is_grad_enabled() or chunk_size >= B * N:
                 chunks.append(x.permute(0, 3, 1, 2))
                 continue
@@ -199,34 +209,43 @@ class MaskAdapterHead(nn.Module):
             out = torch.cat(chunks) if len(chunks) > 1 else chunks[0].contiguous()
         return out.reshape(B, N * K, h, w)
 
-    def _constant_mask_states(self, flat_masks: torch.Tensor, clip_fused: torch.Tensor, fold_w: torch.Tensor,
-                              fold_b: torch.Tensor) -> "_ConstantStates":
-        """Each block's output for an all-zero and an all-one mask on every image: away from a mask's edge a
-        block gives exactly one of these (the mask stem sees only zeros, or only ones, there), so those pixels
-        need no MLP."""
-        B = clip_fused.shape[0]
-        image_idx = torch.arange(B, device=clip_fused.device).repeat(2)
+    def _skip_plan(self, flat_masks: torch.Tensor, clip_fused: torch.Tensor, fold_w: torch.Tensor,
+                   fold_b: torch.Tensor, chunk_size: int) -> Optional["_SkipPlan"]:
+        """Where each mask's block MLPs may be skipped, and the values there; None where skipping would save
+        fewer MLP rows than ``_SKIP_MARGIN`` times the two constant masks per image it needs."""
+        B, (h, w) = clip_fused.shape[0], clip_fused.shape[1:3]
+        blocks = len(self.blocks)
+        one = F.interpolate(flat_masks.new_ones((1, *flat_masks.shape[1:])).float(), size=(4 * h, 4 * w),
+                            mode="bilinear", align_corners=False)
+        reach = []
+        for start in range(0, flat_masks.shape[0], chunk_size):  # resized masks of one chunk at a time
+            m = F.interpolate(flat_masks[start:start + chunk_size].float(), size=(4 * h, 4 * w), mode="bilinear",
+                              align_corners=False)
+            reach.append((block_reach(m != 0, blocks), block_reach(m != one, blocks)))
+        off_zero = torch.cat([r[0] for r in reach], dim=1)
+        off_one = torch.cat([r[1] for r in reach], dim=1)
+        skipped = off_zero.numel() - int((off_zero & off_one).sum())
+        if skipped < _SKIP_MARGIN * 2 * B * blocks * h * w:
+            return None
+        # Each block's output for an all-zero and an all-one mask on every image: a pixel that no mask pixel
+        # reaches equals the first; one that no non-one pixel reaches equals the second.
         constant = flat_masks.new_zeros((2 * B, *flat_masks.shape[1:]))
         constant[B:] = 1
         states: list[torch.Tensor] = []
+        image_idx = torch.arange(B, device=clip_fused.device).repeat(2)
         self._chunk(constant, clip_fused, image_idx, fold_w, fold_b, record=states)
-        h, w = clip_fused.shape[1:3]
-        resized = F.interpolate(constant[B:B + 1].float(), size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
-        return _ConstantStates([s[:B] for s in states], [s[B:] for s in states], resized)
+        return _SkipPlan([s[:B] for s in states], [s[B:] for s in states], off_zero, off_one)
 
     def _chunk(self, masks: torch.Tensor, clip_fused: torch.Tensor, image_idx: Optional[torch.Tensor],
-               fold_w: torch.Tensor, fold_b: torch.Tensor, constant: Optional["_ConstantStates"] = None,
+               fold_w: torch.Tensor, fold_b: torch.Tensor, skip: Optional["_SkipPlan"] = None,
                record: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
         """One chunk of the fast path: ``masks`` [n, 1, Hm, Wm] of images ``image_idx`` [n] (None: the single
         image) + fused CLIP maps ``clip_fused`` [B, h, w, C] -> [n, h, w, K].
 
-        With ``constant`` (see :meth:`_constant_mask_states`) each block runs its MLP only near the masks'
-        edges; ``record`` collects each block's output."""
+        With ``skip`` (this chunk's part of :meth:`_skip_plan`) each block runs its MLP only where the masks'
+        edges reach; ``record`` collects each block's output."""
         h, w = clip_fused.shape[1:3]
         m = F.interpolate(masks.float(), size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
-        if constant is not None:
-            off_zero = block_reach(m != 0, len(self.blocks))
-            off_one = block_reach(m != constant.one_resized, len(self.blocks))
         m = self.mask_downscaling[:6](m).permute(0, 2, 3, 1)  # [n, h, w, 16]
         x = torch.addmm(fold_b, m.reshape(-1, m.shape[-1]), fold_w.t()).view(*m.shape[:3], -1)
         base = clip_fused[image_idx] if image_idx is not None else clip_fused
@@ -234,15 +253,15 @@ class MaskAdapterHead(nn.Module):
         x = x.add_(base) if x.dtype == base.dtype and not torch.is_grad_enabled() else x + base
         for k, block in enumerate(self.blocks):
             # x is this chunk's own tensor, so the blocks may update it in place (they do only without autograd)
-            edge = off_zero[k] & off_one[k] if constant is not None else None
+            edge = skip.off_zero[k] & skip.off_one[k] if skip is not None else None
             rows = edge.view(-1).nonzero().squeeze(1) if edge is not None else None
             if rows is None or rows.numel() > _DENSE_FRACTION * edge.numel():
                 x = block.forward_nhwc(x, _MLP_ROW_TILE, inplace=True)
             else:
-                zero, one = constant.zero[k], constant.one[k]
+                zero, one = skip.zero[k], skip.one[k]
                 if image_idx is not None:
                     zero, one = zero[image_idx], one[image_idx]
-                near_one = off_zero[k].unsqueeze(-1)
+                near_one = skip.off_zero[k].unsqueeze(-1)
                 x = block.forward_rows(x, rows, lambda t: torch.where(near_one, one, zero, out=t), _MLP_ROW_TILE)
             if record is not None:
                 record.append(x.clone())
