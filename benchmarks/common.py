@@ -120,7 +120,7 @@ def segment_masks(count: int, height: int, width: int, photo: str = "coffee", se
     try:
         from skimage import data, morphology, segmentation, transform
     except ImportError as exc:
-        raise SystemExit("--masks segments needs scikit-image: pip install scikit-image") from exc
+        raise SystemExit("--masks segments needs scikit-image: pip install -e '.[bench]'") from exc
 
     img = transform.resize(getattr(data, photo)(), (height, width), anti_aliasing=True)
     found, seen = [], set()
