@@ -69,6 +69,26 @@ def test_cpu_gemm_backend_errors_and_fallback(monkeypatch):
     assert precision.cpu_gemm_backend() == "mkl"  # asked for, but this build has no oneDNN linear
 
 
+def test_speed_probe_takes_the_median_of_paired_rounds(monkeypatch):
+    """One burst of load that slows a single call must not flip the answer (best-of timings could), and a clear
+    answer stops the probe early."""
+    clock = {"t": 0.0}
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: clock["t"])
+
+    def timed(seconds):
+        def call():
+            clock["t"] += seconds.pop(0) if isinstance(seconds, list) else seconds
+        return call
+    # candidate 10% faster, but its first round hit a burst (5x) and the baseline's last one was lucky (0.5x)
+    baseline = timed([1.0, 1.1, 1.1, 1.1, 1.1, 0.5])
+    candidate = timed([1.0, 5.0, 1.0, 1.0, 1.0, 1.0])
+    assert precision._speedup(baseline, candidate, 5) == pytest.approx(1.1)
+    calls = []
+    slow = timed(10.0)
+    assert precision._speedup(lambda: calls.append(1), lambda: (calls.append(1), slow()), 5) < 0.5
+    assert len(calls) == 2 + 4  # the warm-up pair, then two rounds
+
+
 def test_onednn_speed_probe_is_real():
     assert precision.cpu_onednn_speedup() >= 0.0
     assert precision.cpu_gemm_backend() in ("mkl", "onednn")

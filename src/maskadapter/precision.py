@@ -13,8 +13,9 @@ import contextlib
 import functools
 import logging
 import os
+import statistics
 import time
-from typing import Iterator, Literal, Union
+from typing import Callable, Iterator, Literal, Union
 
 import torch
 
@@ -77,22 +78,27 @@ def cpu_bf16_speedup() -> float:
     """
     a = torch.randn(1024, 768)
     b = torch.randn(768, 1536)
-    pairs = [(a.to(dtype), b.to(dtype)) for dtype in (torch.float32, torch.bfloat16)]
-    timings = _best_seconds([lambda x=x, y=y: x @ y for x, y in pairs], 4)
-    return timings[0] / max(timings[1], 1e-9)
+    (a32, b32), (a16, b16) = [(a.to(dtype), b.to(dtype)) for dtype in (torch.float32, torch.bfloat16)]
+    return _speedup(lambda: a32 @ b32, lambda: a16 @ b16, 5)
 
 
-def _best_seconds(calls: list, repeats: int) -> list[float]:
-    """Best wall time of each of ``calls``, interleaved so a burst of other load hits all alike."""
-    for call in calls * 2:  # warm-up: thread pool start, page faults, kernel selection
+def _speedup(baseline: Callable[[], object], candidate: Callable[[], object], rounds: int) -> float:
+    """Median over ``rounds`` of the wall-time ratio baseline / candidate, each round timing both back to back
+    (in alternating order): a burst of other load on a shared machine hits both sides of a round alike, and the
+    median ignores the rounds it splits (best-of times picked the slower library in 1 of 10 probes)."""
+    for call in (baseline, candidate):  # warm-up: thread pool start, page faults, kernel selection
         call()
-    timings = [float("inf")] * len(calls)
-    for _ in range(repeats):
-        for i, call in enumerate(calls):
+    ratios = []
+    for i in range(rounds):
+        seconds = {}
+        for name, call in ((("b", baseline), ("c", candidate)) if i % 2 == 0 else (("c", candidate), ("b", baseline))):
             start = time.perf_counter()
             call()
-            timings[i] = min(timings[i], time.perf_counter() - start)
-    return timings
+            seconds[name] = time.perf_counter() - start
+        ratios.append(seconds["b"] / max(seconds["c"], 1e-9))
+        if len(ratios) == 2 and (max(ratios) < 0.5 or min(ratios) > 2.0):
+            break  # a clear answer twice: no need to spend more (an emulated bf16 GEMM is slow)
+    return statistics.median(ratios)
 
 
 def onednn_linear_available() -> bool:
@@ -105,7 +111,7 @@ def onednn_linear_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def cpu_onednn_speedup() -> float:
-    """Measured speed of oneDNN's over MKL's fp32 linear of a head-sized row tile (about 0.3 s, once); 0 where
+    """Measured speed of oneDNN's over MKL's fp32 linear of a head-sized row tile (about 0.5 s, once); 0 where
     oneDNN's linear is missing or fails.
 
     Which library is faster depends on the CPU: on some AMD CPUs MKL takes a generic code path and oneDNN's
@@ -120,9 +126,8 @@ def cpu_onednn_speedup() -> float:
         logger.info("oneDNN linear unavailable (%s); using MKL", exc)
         return 0.0
     with torch.no_grad():
-        mkl, onednn = _best_seconds([lambda: torch.addmm(b, x, w.t()),
-                                     lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")], 5)
-    return mkl / max(onednn, 1e-9)
+        return _speedup(lambda: torch.addmm(b, x, w.t()),
+                        lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""), 7)
 
 
 def cpu_gemm_backend() -> CpuGemm:
