@@ -252,6 +252,26 @@ def test_inference_equals_training_forward_and_shapes():
     assert torch.equal(infer["pred_masks"], train["pred_masks"])
 
 
+def test_inference_projects_full_resolution_masks_once(monkeypatch):
+    """Intermediate steps at inference need only the attention mask: they project the mask features resized to
+    the attended level, not the full-resolution masks (the train-mode outputs above are equal all the same)."""
+    dec = build().float()
+    feats, mf, text = make_inputs(32, dtype=torch.float32)
+    full = []
+    einsum = torch.einsum
+    def counted(eq, *operands):
+        if eq == "bqc,bchw->bqhw":  # the mask projection
+            full.append(operands[1].shape[-2:] == mf.shape[-2:])
+        return einsum(eq, *operands)
+    monkeypatch.setattr(torch, "einsum", counted)
+    with torch.no_grad():
+        dec.eval()(feats, mf, text, NUM_SYNONYMS)
+        assert full == [False] * dec.num_layers + [True]
+        full.clear()
+        dec.train()(feats, mf, text, NUM_SYNONYMS)
+        assert full == [True] * (dec.num_layers + 1)
+
+
 def test_per_image_text_classifier():
     dec = build().eval()
     feats, mf, text = make_inputs(32)

@@ -209,10 +209,11 @@ class FCCLIPTransformerDecoder(nn.Module):
         batch = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, batch, -1)
         output = self.query_feat.weight.unsqueeze(1).expand(-1, batch, -1)
-        heads = dict(mask_features=mask_features, text_classifier=text_classifier, num_synonyms=num_synonyms)
-        # At inference only the last step's class logits are returned, so intermediate steps skip the
-        # classifier (mask pooling + class MLP + text matching): their masks are still needed for the next
-        # attention mask, and the final outputs are identical. No step after the last needs an attention mask.
+        heads = dict(mask_features=mask_features, text_classifier=text_classifier, num_synonyms=num_synonyms,
+                     resized_features={})
+        # At inference only the last step's outputs are returned, so intermediate steps skip the classifier
+        # (mask pooling + class MLP + text matching) and compute their masks at the attention mask's size only.
+        # No step after the last needs an attention mask.
         n, training = self.num_layers, self.training
         logits, masks, attn_mask = self._predict(output, attn_size=sizes[0] if n else None,
                                                  classify=training or n == 0, **heads)
@@ -242,21 +243,33 @@ class FCCLIPTransformerDecoder(nn.Module):
         num_synonyms: Sequence[int],
         attn_size: Optional[tuple[int, int]],
         classify: bool,
-    ) -> tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
-        """Heads on queries [Q, B, C]: class logits [B, Q, C+1] | None, masks [B, Q, H4, W4], attention mask | None."""
+        resized_features: dict,
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Heads on queries [Q, B, C]: class logits [B, Q, C+1] | None, masks [B, Q, H4, W4] | None (an
+        intermediate step at inference), attention mask | None."""
         decoded = self.decoder_norm(output).transpose(0, 1)  # [B, Q, C]
+        if not classify and attn_size is not None:
+            # Only the attention mask is needed. Bilinear resizing is linear, so resizing the mask features
+            # (once per size) and then projecting equals resizing the projected masks up to float rounding,
+            # at a fraction of the cost (250 queries at 1/4 resolution: about 0.6 s per image on 2 cores).
+            if attn_size not in resized_features:
+                resized_features[attn_size] = F.interpolate(mask_features, size=attn_size, mode="bilinear",
+                                                            align_corners=False)
+            small = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), resized_features[attn_size])
+            return None, None, self._attention_mask(small)
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
         logits = None
         if classify:
             pooled = mask_pool(mask_features, masks, threshold=0.0)
             class_emb = self.class_embed(self._mask_pooling_proj(pooled) + decoded)
             logits = classification_logits(class_emb, text_classifier, self.logit_scale, num_synonyms)
-        attn_mask = None if attn_size is None else self._attention_mask(masks, attn_size)
+        attn_mask = None if attn_size is None else self._attention_mask(
+            F.interpolate(masks, size=attn_size, mode="bilinear", align_corners=False))
         return logits, masks, attn_mask
 
-    def _attention_mask(self, masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Bool [B*heads, Q, h*w] from mask logits [B, Q, H4, W4]: True where a query may not attend."""
-        resized = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+    def _attention_mask(self, resized: torch.Tensor) -> torch.Tensor:
+        """Bool [B*heads, Q, h*w] from mask logits at the attended level's size [B, Q, h, w]: True where a
+        query may not attend."""
         # The official tests sigmoid < 0.5 rather than logit < 0; they differ for logits within
         # rounding of 0, so the official form is kept.
         blocked = resized.sigmoid().flatten(2) < 0.5
