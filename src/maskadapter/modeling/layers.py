@@ -15,7 +15,8 @@ from torch import nn
 
 from ..precision import cpu_gemm_backend
 
-__all__ = ["LayerNorm2d", "ChannelsLastLayerNorm", "ConvNextBlock", "convnext_block_nhwc", "convnext_block_rows", "mlp_row_tile", "linear"]
+__all__ = ["LayerNorm2d", "ChannelsLastLayerNorm", "ConvNextBlock", "convnext_block_nhwc", "convnext_block_rows",
+           "mlp_row_tile", "linear"]
 
 _TILE_ELEMENTS = 4096 * 3072
 _ROW_BUCKET = 256
@@ -73,9 +74,9 @@ class ConvNextBlock(nn.Module):
     def forward_rows(self, x: torch.Tensor, rows: torch.Tensor, fill_rest: Callable[[torch.Tensor], object],
                      row_tile: Optional[int] = None) -> torch.Tensor:
         """This block on the pixels ``rows`` of ``x`` [B, H, W, C] only; see :func:`convnext_block_rows`."""
-        return convnext_block_rows(x, rows, fill_rest, self.dwconv, self.norm, (self.pwconv1.weight, self.pwconv1.bias),
-                                   (self.pwconv2.weight, self.pwconv2.bias), self.gamma, self.act.approximate,
-                                   row_tile)
+        return convnext_block_rows(x, rows, fill_rest, self.dwconv, self.norm,
+                                   (self.pwconv1.weight, self.pwconv1.bias), (self.pwconv2.weight, self.pwconv2.bias),
+                                   self.gamma, self.act.approximate, row_tile)
 
 
 def convnext_block_nhwc(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module, fc1: MatrixAndBias, fc2: MatrixAndBias,
@@ -102,9 +103,9 @@ def convnext_block_nhwc(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.Module, fc1
 
 
 def convnext_block_rows(x: torch.Tensor, rows: torch.Tensor, fill_rest: Callable[[torch.Tensor], object],
-                        dwconv: nn.Conv2d, norm: nn.Module,
-                        fc1: MatrixAndBias, fc2: MatrixAndBias, gamma: Optional[torch.Tensor],
-                        approximate: str = "none", row_tile: Optional[int] = None) -> torch.Tensor:
+                        dwconv: nn.Conv2d, norm: nn.Module, fc1: MatrixAndBias, fc2: MatrixAndBias,
+                        gamma: Optional[torch.Tensor], approximate: str = "none",
+                        row_tile: Optional[int] = None) -> torch.Tensor:
     """:func:`convnext_block_nhwc` on ``x`` [B, H, W, C] (contiguous NHWC, updated in place and returned) for the
     pixels ``rows`` [R] (indices into the flattened B*H*W pixels) only; ``fill_rest(x)`` writes every pixel's
     value into ``x`` (the caller knows what the block gives away from ``rows``), then the computed rows are put
